@@ -1,0 +1,1 @@
+//! Commissaire back-end services.
