@@ -1,0 +1,198 @@
+//! Hosts, their credentials, their status view and watcher records.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::{Field, FieldError, Kind, Model, check_one_of};
+
+/// The statuses a host moves through (`""` until the investigator first sees it).
+pub const HOST_STATUSES: &[&str] = &["investigating", "bootstrapping", "active", "disassociated", "failed"];
+
+/// A managed host. Primary key `address`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Host {
+    pub address: String,
+    #[serde(default)]
+    pub status: String,
+    /// Lower-cased OS name (`fedora`, `rhel`, `centos`, `debian`, …).
+    #[serde(default)]
+    pub os: String,
+    #[serde(default)]
+    pub cpus: u64,
+    /// Total memory in MB.
+    #[serde(default)]
+    pub memory: u64,
+    /// Total size of the host's mounts in bytes.
+    #[serde(default)]
+    pub space: u64,
+    #[serde(default)]
+    pub last_check: String,
+    /// Name of the storage handler authoritative for this host.
+    #[serde(default)]
+    pub source: String,
+}
+
+impl Host {
+    pub fn new(address: impl Into<String>) -> Self {
+        Self {
+            address: address.into(),
+            status: String::new(),
+            os: String::new(),
+            cpus: 0,
+            memory: 0,
+            space: 0,
+            last_check: String::new(),
+            source: String::new(),
+        }
+    }
+}
+
+impl Model for Host {
+    const NAME: &'static str = "Host";
+    const FIELDS: &'static [Field] = &[
+        Field::required("address", Kind::Str),
+        Field::optional("status", Kind::Str),
+        Field::optional("os", Kind::Str),
+        Field::optional("cpus", Kind::Int),
+        Field::optional("memory", Kind::Int),
+        Field::optional("space", Kind::Int),
+        Field::optional("last_check", Kind::Str),
+        Field::optional("source", Kind::Str),
+    ];
+
+    fn primary_key(&self) -> Option<&str> {
+        Some(&self.address)
+    }
+
+    fn check(&self, errors: &mut Vec<FieldError>) {
+        if !super::is_valid_address(&self.address) {
+            errors.push(FieldError::new("address", "must be an IP address or a host name (letters, digits, '-', '_', '.')"));
+        }
+        if !self.status.is_empty() {
+            check_one_of("status", &self.status, HOST_STATUSES, errors);
+        }
+    }
+}
+
+/// How to log in to a host. Primary key `address`. Secret: sealed at rest, never
+/// in events, logs or any route but `GET /api/v0/host/{address}/creds`.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostCreds {
+    pub address: String,
+    /// Base64 of the private key file, without newlines.
+    #[serde(default)]
+    pub ssh_priv_key: String,
+    #[serde(default = "default_remote_user")]
+    pub remote_user: String,
+}
+
+fn default_remote_user() -> String {
+    "root".to_string()
+}
+
+impl std::fmt::Debug for HostCreds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostCreds")
+            .field("address", &self.address)
+            .field("ssh_priv_key", &if self.ssh_priv_key.is_empty() { "" } else { "<redacted>" })
+            .field("remote_user", &self.remote_user)
+            .finish()
+    }
+}
+
+impl Model for HostCreds {
+    const NAME: &'static str = "HostCreds";
+    const FIELDS: &'static [Field] = &[
+        Field::required("address", Kind::Str),
+        Field::optional("ssh_priv_key", Kind::Str),
+        Field::optional("remote_user", Kind::Str),
+    ];
+
+    fn primary_key(&self) -> Option<&str> {
+        Some(&self.address)
+    }
+
+    fn check(&self, errors: &mut Vec<FieldError>) {
+        if !super::is_valid_address(&self.address) {
+            errors.push(FieldError::new("address", "must be an IP address or a host name (letters, digits, '-', '_', '.')"));
+        }
+        let user_ok = !self.remote_user.is_empty()
+            && self.remote_user.len() <= 32
+            && self.remote_user.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+            && !self.remote_user.starts_with('-');
+        if !user_ok {
+            errors.push(FieldError::new("remote_user", "must be a user name of letters, digits, '_', '-' and '.' (1 to 32)"));
+        }
+        if self.ssh_priv_key.bytes().any(|b| b.is_ascii_whitespace()) {
+            errors.push(FieldError::new("ssh_priv_key", "must be base64 without newlines or spaces"));
+        }
+    }
+}
+
+/// The status view of a host (response only, no primary key).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostStatus {
+    #[serde(rename = "type", default = "host_only")]
+    pub kind: String,
+    /// `{"last_check": …, "status": …}`.
+    #[serde(default)]
+    pub host: Map<String, Value>,
+    /// The container manager's node status object, `{}` when unmanaged.
+    #[serde(default)]
+    pub container_manager: Map<String, Value>,
+}
+
+fn host_only() -> String {
+    "host_only".to_string()
+}
+
+impl HostStatus {
+    pub fn of(host: &Host, container_manager: Map<String, Value>) -> Self {
+        let mut view = Map::new();
+        view.insert("last_check".into(), Value::String(host.last_check.clone()));
+        view.insert("status".into(), Value::String(host.status.clone()));
+        Self { kind: host_only(), host: view, container_manager }
+    }
+}
+
+impl Model for HostStatus {
+    const NAME: &'static str = "HostStatus";
+    const FIELDS: &'static [Field] = &[
+        Field::optional("type", Kind::Str),
+        Field::optional("host", Kind::Dict),
+        Field::optional("container_manager", Kind::Dict),
+    ];
+
+    fn primary_key(&self) -> Option<&str> {
+        None
+    }
+}
+
+/// A host the watcher should check, and when it was last checked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WatcherRecord {
+    #[serde(default)]
+    pub address: String,
+    #[serde(default = "max_timestamp")]
+    pub last_check: String,
+}
+
+fn max_timestamp() -> String {
+    "9999-12-31T23:59:59.999999".to_string()
+}
+
+impl Model for WatcherRecord {
+    const NAME: &'static str = "WatcherRecord";
+    const FIELDS: &'static [Field] =
+        &[Field::optional("address", Kind::Str), Field::optional("last_check", Kind::Str)];
+
+    fn primary_key(&self) -> Option<&str> {
+        None
+    }
+
+    fn check(&self, errors: &mut Vec<FieldError>) {
+        if crate::timestamp::parse(&self.last_check).is_none() {
+            errors.push(FieldError::new("last_check", "must be a timestamp like 2017-06-28T14:03:11.123456"));
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! Records of cluster-wide operations: deploy, restart and upgrade. One record per
+//! cluster and kind, keyed by the cluster's name. Host lists hold addresses;
+//! `finished_at` is null until the operation ends.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Field, FieldError, Kind, Model, check_name, check_one_of};
+
+/// `in_process` while running, then `finished` or `failed`.
+pub const OPERATION_STATUSES: &[&str] = &["in_process", "finished", "failed"];
+
+fn check_common(name: &str, status: &str, errors: &mut Vec<FieldError>) {
+    check_name("name", name, errors);
+    if !status.is_empty() {
+        check_one_of("status", status, OPERATION_STATUSES, errors);
+    }
+}
+
+/// An OSTree deploy of `version` over a cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterDeploy {
+    pub name: String,
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub version: String,
+    #[serde(default)]
+    pub deployed: Vec<String>,
+    #[serde(default)]
+    pub in_process: Vec<String>,
+    #[serde(default)]
+    pub started_at: String,
+    #[serde(default)]
+    pub finished_at: Option<String>,
+}
+
+impl Model for ClusterDeploy {
+    const NAME: &'static str = "ClusterDeploy";
+    const FIELDS: &'static [Field] = &[
+        Field::required("name", Kind::Str),
+        Field::optional("status", Kind::Str),
+        Field::optional("version", Kind::Str),
+        Field::optional("deployed", Kind::StrList),
+        Field::optional("in_process", Kind::StrList),
+        Field::optional("started_at", Kind::Str),
+        Field::optional("finished_at", Kind::OptStr),
+    ];
+
+    fn primary_key(&self) -> Option<&str> {
+        Some(&self.name)
+    }
+
+    fn check(&self, errors: &mut Vec<FieldError>) {
+        check_common(&self.name, &self.status, errors);
+        if self.version.is_empty() {
+            errors.push(FieldError::new("version", "must be a non-empty string"));
+        }
+    }
+}
+
+/// A rolling restart of a cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterRestart {
+    pub name: String,
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub restarted: Vec<String>,
+    #[serde(default)]
+    pub in_process: Vec<String>,
+    #[serde(default)]
+    pub started_at: String,
+    #[serde(default)]
+    pub finished_at: Option<String>,
+}
+
+impl Model for ClusterRestart {
+    const NAME: &'static str = "ClusterRestart";
+    const FIELDS: &'static [Field] = &[
+        Field::required("name", Kind::Str),
+        Field::optional("status", Kind::Str),
+        Field::optional("restarted", Kind::StrList),
+        Field::optional("in_process", Kind::StrList),
+        Field::optional("started_at", Kind::Str),
+        Field::optional("finished_at", Kind::OptStr),
+    ];
+
+    fn primary_key(&self) -> Option<&str> {
+        Some(&self.name)
+    }
+
+    fn check(&self, errors: &mut Vec<FieldError>) {
+        check_common(&self.name, &self.status, errors);
+    }
+}
+
+/// A rolling package (or OSTree) upgrade of a cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterUpgrade {
+    pub name: String,
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub upgraded: Vec<String>,
+    #[serde(default)]
+    pub in_process: Vec<String>,
+    #[serde(default)]
+    pub started_at: String,
+    #[serde(default)]
+    pub finished_at: Option<String>,
+}
+
+impl Model for ClusterUpgrade {
+    const NAME: &'static str = "ClusterUpgrade";
+    const FIELDS: &'static [Field] = &[
+        Field::required("name", Kind::Str),
+        Field::optional("status", Kind::Str),
+        Field::optional("upgraded", Kind::StrList),
+        Field::optional("in_process", Kind::StrList),
+        Field::optional("started_at", Kind::Str),
+        Field::optional("finished_at", Kind::OptStr),
+    ];
+
+    fn primary_key(&self) -> Option<&str> {
+        Some(&self.name)
+    }
+
+    fn check(&self, errors: &mut Vec<FieldError>) {
+        check_common(&self.name, &self.status, errors);
+    }
+}
