@@ -1,1 +1,2 @@
 //! Commissaire back-end services.
+pub mod store;
