@@ -22,6 +22,7 @@ pub mod amqp;
 pub mod redis;
 mod pending;
 pub mod topic;
+mod util;
 
 use std::{sync::Arc, time::Duration};
 

@@ -8,7 +8,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use super::BusError;
-use crate::jsonrpc::Response;
+use crate::jsonrpc::{self, Response};
 
 #[derive(Default)]
 pub struct PendingReplies {
@@ -62,6 +62,19 @@ impl PendingReplies {
         match self.lock().remove(&id) {
             Some(tx) => tx.send(response).is_ok(),
             None => false,
+        }
+    }
+
+    /// Decodes a reply as it came off the wire and hands it to its caller; see
+    /// [`Self::complete`].
+    pub fn complete_encoded(&self, body: &[u8]) {
+        match jsonrpc::decode_body::<Response>(body) {
+            Ok(response) => {
+                if !self.complete(response) {
+                    tracing::debug!("dropping a reply nobody waits for (its caller timed out)");
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "dropping an undecodable reply"),
         }
     }
 
