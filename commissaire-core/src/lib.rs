@@ -4,7 +4,9 @@
 //! each other.
 
 pub mod bus;
+pub mod config;
 pub mod jsonrpc;
 pub mod model;
 pub mod secrets;
+pub mod storage_client;
 pub mod timestamp;

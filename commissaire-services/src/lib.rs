@@ -1,2 +1,7 @@
-//! Commissaire back-end services.
+//! Commissaire's back-end services. Each service is a [`commissaire_core::bus::Handler`]
+//! served on its shared queue; the binaries in `src/bin` wire one up with the
+//! common flags of [`runner`].
+
+pub mod runner;
+pub mod storage;
 pub mod store;

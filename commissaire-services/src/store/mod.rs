@@ -17,6 +17,7 @@
 
 pub mod embedded;
 pub mod etcd;
+pub mod namespaced;
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;

@@ -1,0 +1,131 @@
+//! What every service binary shares: the original's flags (`--bus-uri`,
+//! `--bus-exchange`, `-c/--config-file`), the JSON configuration, logging, the bus
+//! connection and a graceful stop on SIGTERM or Ctrl-C.
+
+use std::{path::PathBuf, sync::Arc};
+
+use anyhow::Context;
+use commissaire_core::{
+    bus::{self, Bus},
+    config,
+};
+use serde_json::{Map, Value};
+
+/// The bus used when neither the flag nor the configuration names one (the
+/// original's shipped configuration).
+pub const DEFAULT_BUS_URI: &str = "redis://127.0.0.1:6379/";
+
+/// Flags every service takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    /// Bus to connect to: amqp://…, redis://… or memory:// (overrides `bus_uri` in the configuration).
+    #[arg(long, value_name = "URI")]
+    pub bus_uri: Option<String>,
+    /// Topic exchange name on AMQP, key prefix on Redis.
+    #[arg(long, value_name = "NAME")]
+    pub bus_exchange: Option<String>,
+    /// JSON configuration file (`-` reads standard input).
+    #[arg(short = 'c', long = "config-file", value_name = "PATH")]
+    pub config_file: Option<PathBuf>,
+    /// Log at debug level.
+    #[arg(long)]
+    pub debug: bool,
+}
+
+/// The resolved configuration of a service.
+pub struct ServiceConfig {
+    pub bus_uri: String,
+    pub bus_exchange: String,
+    /// The whole configuration object, for service-specific members.
+    pub members: Map<String, Value>,
+    pub debug: bool,
+}
+
+impl CommonArgs {
+    /// Loads the configuration (`default_path` when no file is given) and applies
+    /// the flags over it.
+    pub fn resolve(&self, default_path: &str) -> anyhow::Result<ServiceConfig> {
+        let (members, source) = config::load(self.config_file.as_deref(), std::path::Path::new(default_path))?;
+        if let config::Source::File(path) = &source {
+            eprintln!("Using configuration in {path}");
+        }
+        let bus_uri = match &self.bus_uri {
+            Some(uri) => uri.clone(),
+            None => config::string_member(&members, "bus_uri")?.unwrap_or_else(|| DEFAULT_BUS_URI.to_string()),
+        };
+        let bus_exchange = match &self.bus_exchange {
+            Some(name) => name.clone(),
+            None => config::string_member(&members, "bus_exchange")?.unwrap_or_else(|| bus::DEFAULT_EXCHANGE.to_string()),
+        };
+        let debug = self.debug || members.get("debug").and_then(Value::as_bool).unwrap_or(false);
+        Ok(ServiceConfig { bus_uri, bus_exchange, members, debug })
+    }
+}
+
+impl ServiceConfig {
+    /// Connects to the configured bus.
+    pub async fn connect_bus(&self) -> anyhow::Result<Arc<dyn Bus>> {
+        bus::connect(&self.bus_uri, &self.bus_exchange)
+            .await
+            .with_context(|| format!("cannot connect to the bus at {}", redact_uri(&self.bus_uri)))
+    }
+}
+
+/// Structured logs on standard error; `RUST_LOG` refines the level.
+pub fn init_logging(debug: bool) {
+    let default = if debug { "debug" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Resolves when the process is asked to stop (SIGTERM or Ctrl-C).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// A URI fit for logs: any password replaced.
+pub fn redact_uri(uri: &str) -> String {
+    let Some((scheme, rest)) = uri.split_once("://") else { return uri.to_string() };
+    let (authority, tail) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((credentials, host)) => {
+            let user = credentials.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}{tail}")
+        }
+        None => uri.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_logs() {
+        assert_eq!(redact_uri("amqp://guest:guest@127.0.0.1:5672/%2f"), "amqp://guest:***@127.0.0.1:5672/%2f");
+        assert_eq!(redact_uri("redis://127.0.0.1:6379/"), "redis://127.0.0.1:6379/");
+        assert_eq!(redact_uri("memory://"), "memory://");
+    }
+}
