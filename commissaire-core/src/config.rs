@@ -49,13 +49,14 @@ pub fn load(explicit: Option<&Path>, default_path: &Path) -> Result<(Map<String,
 }
 
 fn read(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|e| ConfigError::Unreadable { path: path.display().to_string(), reason: e.to_string() })
+    std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::Unreadable { path: path.display().to_string(), reason: e.to_string() })
 }
 
 /// Parses configuration text and normalises its member names.
 pub fn parse(text: &str, shown: &str) -> Result<Map<String, Value>, ConfigError> {
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| ConfigError::NotJson { path: shown.to_string(), reason: e.to_string() })?;
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| ConfigError::NotJson { path: shown.to_string(), reason: e.to_string() })?;
     match normalise(value) {
         Value::Object(map) => Ok(map),
         _ => Err(ConfigError::NotAnObject { path: shown.to_string() }),
@@ -64,7 +65,9 @@ pub fn parse(text: &str, shown: &str) -> Result<Map<String, Value>, ConfigError>
 
 fn normalise(value: Value) -> Value {
     match value {
-        Value::Object(map) => Value::Object(map.into_iter().map(|(k, v)| (k.replace('-', "_"), normalise(v))).collect()),
+        Value::Object(map) => {
+            Value::Object(map.into_iter().map(|(k, v)| (k.replace('-', "_"), normalise(v))).collect())
+        }
         Value::Array(items) => Value::Array(items.into_iter().map(normalise).collect()),
         other => other,
     }
@@ -97,7 +100,10 @@ mod tests {
         assert!(empty.is_empty());
         assert_eq!(source, Source::Defaults);
 
-        assert!(matches!(load(Some(&dir.path().join("absent.conf")), Path::new("/x")), Err(ConfigError::Unreadable { .. })));
+        assert!(matches!(
+            load(Some(&dir.path().join("absent.conf")), Path::new("/x")),
+            Err(ConfigError::Unreadable { .. })
+        ));
         std::fs::write(&path, "[1]").expect("write");
         assert!(matches!(load(Some(&path), Path::new("/x")), Err(ConfigError::NotAnObject { .. })));
         assert!(string_member(&parse(r#"{"bus_uri": 1}"#, "t").expect("parse"), "bus_uri").is_err());

@@ -82,7 +82,8 @@ impl SecretsKey {
         let mut bytes = [0u8; 32];
         OsRng.fill_bytes(&mut bytes);
         let shown = path.display().to_string();
-        let unreadable = |err: std::io::Error| SecretsError::Unreadable { path: shown.clone(), reason: err.to_string() };
+        let unreadable =
+            |err: std::io::Error| SecretsError::Unreadable { path: shown.clone(), reason: err.to_string() };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             fs::create_dir_all(dir).map_err(unreadable)?;
         }
@@ -119,7 +120,12 @@ impl SecretsKey {
             .encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad: context.as_bytes() })
             // Encryption only fails for inputs beyond the cipher's length limit (256 GiB).
             .unwrap_or_default();
-        let sealed = Sealed { v: 1, kid: self.id.clone(), nonce: STANDARD.encode(nonce), ciphertext: STANDARD.encode(ciphertext) };
+        let sealed = Sealed {
+            v: 1,
+            kid: self.id.clone(),
+            nonce: STANDARD.encode(nonce),
+            ciphertext: STANDARD.encode(ciphertext),
+        };
         serde_json::to_vec(&sealed).unwrap_or_default()
     }
 

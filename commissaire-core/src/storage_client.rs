@@ -55,7 +55,9 @@ impl StorageClient {
 
     async fn call(&self, method: &str, params: Value, model: &'static str, key: &str) -> Result<Value, StorageError> {
         self.bus.request(&format!("storage.{method}"), params, self.timeout).await.map_err(|err| match err {
-            BusError::Rpc(e) if e.code == jsonrpc::STORAGE_LOOKUP_ERROR => StorageError::NotFound { model, key: key.to_string() },
+            BusError::Rpc(e) if e.code == jsonrpc::STORAGE_LOOKUP_ERROR => {
+                StorageError::NotFound { model, key: key.to_string() }
+            }
             BusError::Rpc(e) if e.code == jsonrpc::CONFLICT => StorageError::Conflict(e.message),
             BusError::Rpc(e) if e.code == jsonrpc::INVALID_PARAMS || e.code == jsonrpc::INVALID_REQUEST => {
                 StorageError::Invalid(e.message)
@@ -70,7 +72,8 @@ impl StorageClient {
     }
 
     fn decode<M: Model>(value: &Value) -> Result<M, StorageError> {
-        M::from_json(value, Unknown::Ignore).map_err(|e| StorageError::Invalid(format!("storage returned an invalid record: {e}")))
+        M::from_json(value, Unknown::Ignore)
+            .map_err(|e| StorageError::Invalid(format!("storage returned an invalid record: {e}")))
     }
 
     /// The record of type `M` whose primary key is `key`.
@@ -81,9 +84,11 @@ impl StorageClient {
 
     /// The record and its revision, for a later [`StorageClient::save_if`].
     pub async fn get_revisioned<M: Model>(&self, key: &str) -> Result<Revisioned<M>, StorageError> {
-        let params = json!({"model_type_name": M::NAME, "model_json_data": Self::key_doc::<M>(key), "with_revision": true});
+        let params =
+            json!({"model_type_name": M::NAME, "model_json_data": Self::key_doc::<M>(key), "with_revision": true});
         let reply = self.call("get", params, M::NAME, key).await?;
-        let revision = reply["revision"].as_u64().ok_or_else(|| StorageError::Invalid("storage reply has no revision".into()))?;
+        let revision =
+            reply["revision"].as_u64().ok_or_else(|| StorageError::Invalid("storage reply has no revision".into()))?;
         Ok(Revisioned { model: Self::decode(&reply["model"])?, revision })
     }
 

@@ -89,18 +89,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[idx.min(sorted.len() - 1)]
 }
 
-async fn bench(
-    name: &'static str,
-    store: Arc<dyn Store>,
-    prefix: &str,
-    ops: usize,
-    rows: &mut Vec<Row>,
-) {
+async fn bench(name: &'static str, store: Arc<dyn Store>, prefix: &str, ops: usize, rows: &mut Vec<Row>) {
     for n in 0..KEYS {
-        store
-            .put(&format!("{prefix}{n:03}"), value(n), Expect::Any)
-            .await
-            .unwrap();
+        store.put(&format!("{prefix}{n:03}"), value(n), Expect::Any).await.unwrap();
     }
     for op in ["get", "put"] {
         for tasks in [1, 16] {
@@ -127,7 +118,9 @@ fn ms(d: Duration) -> String {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    // `cargo bench` passes "--bench"; nothing else is parsed.
+    // `cargo bench` passes "--bench"; `cargo test --all-targets` does not, and
+    // then a short smoke run only checks the benchmark still works.
+    let smoke = !std::env::args().any(|a| a == "--bench");
     let Ok(url) = std::env::var("COMMISSAIRE_ETCD_URL") else {
         eprintln!(
             "COMMISSAIRE_ETCD_URL is not set: start the test bed first with \
@@ -136,10 +129,8 @@ async fn main() {
         );
         std::process::exit(2);
     };
-    let ops: usize = std::env::var("STORE_BENCH_OPS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
+    let ops: usize =
+        std::env::var("STORE_BENCH_OPS").ok().and_then(|v| v.parse().ok()).unwrap_or(if smoke { 50 } else { 2000 });
 
     let mut rows = Vec::new();
     let prefix = format!("/bench-{}/", std::process::id());
@@ -148,9 +139,7 @@ async fn main() {
     let etcd = match EtcdStore::connect(EtcdConfig::new([url.as_str()])).await {
         Ok(s) => Arc::new(s),
         Err(e) => {
-            eprintln!(
-                "cannot reach etcd at {url}: {e}\nis the test bed up? `bash scripts/testbed up`"
-            );
+            eprintln!("cannot reach etcd at {url}: {e}\nis the test bed up? `bash scripts/testbed up`");
             std::process::exit(2);
         }
     };
@@ -166,14 +155,8 @@ async fn main() {
     bench("embedded", embedded, &prefix, ops, &mut rows).await;
 
     println!();
-    println!(
-        "Store benchmark: {ops} operations per row, values ~{} bytes, {KEYS} keys",
-        value(0).len()
-    );
-    println!(
-        "etcd = {url} (single node, loopback); embedded = redb file in {}",
-        dir.path().display()
-    );
+    println!("Store benchmark: {ops} operations per row, values ~{} bytes, {KEYS} keys", value(0).len());
+    println!("etcd = {url} (single node, loopback); embedded = redb file in {}", dir.path().display());
     println!();
     println!("| store    | op  | tasks | ops   |     ops/s | p50 (ms) | p99 (ms) |");
     println!("|----------|-----|-------|-------|-----------|----------|----------|");

@@ -55,7 +55,9 @@ impl CommonArgs {
         };
         let bus_exchange = match &self.bus_exchange {
             Some(name) => name.clone(),
-            None => config::string_member(&members, "bus_exchange")?.unwrap_or_else(|| bus::DEFAULT_EXCHANGE.to_string()),
+            None => {
+                config::string_member(&members, "bus_exchange")?.unwrap_or_else(|| bus::DEFAULT_EXCHANGE.to_string())
+            }
         };
         let debug = self.debug || members.get("debug").and_then(Value::as_bool).unwrap_or(false);
         Ok(ServiceConfig { bus_uri, bus_exchange, members, debug })

@@ -12,7 +12,12 @@ use commissaire_core::{
 };
 use commissaire_services::{
     storage::{OpenHandler, StorageService, handlers},
-    store::{Store, embedded::EmbeddedStore, etcd::{EtcdConfig, EtcdStore}, namespaced::Namespaced},
+    store::{
+        Store,
+        embedded::EmbeddedStore,
+        etcd::{EtcdConfig, EtcdStore},
+        namespaced::Namespaced,
+    },
 };
 use serde_json::{Value, json};
 
@@ -83,9 +88,10 @@ on_both_stores!(
 async fn save_get_list_delete_with_events(fx: Fixture) {
     let mut events = fx.bus.subscribe(&["notify.storage.*.*"]).await.expect("subscribe");
 
-    let saved = call(&fx, "save", json!({"model_type_name": "Host", "model_json_data": {"address": "10.2.0.1", "cpus": 2}}))
-        .await
-        .expect("save");
+    let saved =
+        call(&fx, "save", json!({"model_type_name": "Host", "model_json_data": {"address": "10.2.0.1", "cpus": 2}}))
+            .await
+            .expect("save");
     assert_eq!(saved["cpus"], 2);
     assert_eq!(saved["status"], "");
 
@@ -94,20 +100,33 @@ async fn save_get_list_delete_with_events(fx: Fixture) {
     call(&fx, "save", json!({"model_type_name": "Cluster", "model_json_data": doc})).await.expect("save cluster");
 
     // Saving an existing record replaces it.
-    call(&fx, "save", json!({"model_type_name": "Host", "model_json_data": {"address": "10.2.0.1", "status": "active"}}))
+    call(
+        &fx,
+        "save",
+        json!({"model_type_name": "Host", "model_json_data": {"address": "10.2.0.1", "status": "active"}}),
+    )
+    .await
+    .expect("update");
+    let got = call(&fx, "get", json!({"model_type_name": "Host", "model_json_data": {"address": "10.2.0.1"}}))
         .await
-        .expect("update");
-    let got = call(&fx, "get", json!({"model_type_name": "Host", "model_json_data": {"address": "10.2.0.1"}})).await.expect("get");
+        .expect("get");
     assert_eq!(got["status"], "active");
     assert_eq!(got["cpus"], 0, "an update replaces the record, it does not merge old fields");
 
     let list = call(&fx, "list", json!({"model_type_name": "Clusters"})).await.expect("list");
-    assert_eq!(list, json!([{"name": "c1", "status": "", "network": "default", "hostset": ["10.2.0.1"], "container_manager": ""}]));
+    assert_eq!(
+        list,
+        json!([{"name": "c1", "status": "", "network": "default", "hostset": ["10.2.0.1"], "container_manager": ""}])
+    );
 
-    call(&fx, "delete", json!({"model_type_name": "Host", "model_json_data": {"address": "10.2.0.1"}})).await.expect("delete");
-    let missing = call(&fx, "get", json!({"model_type_name": "Host", "model_json_data": {"address": "10.2.0.1"}})).await;
+    call(&fx, "delete", json!({"model_type_name": "Host", "model_json_data": {"address": "10.2.0.1"}}))
+        .await
+        .expect("delete");
+    let missing =
+        call(&fx, "get", json!({"model_type_name": "Host", "model_json_data": {"address": "10.2.0.1"}})).await;
     assert_eq!(rpc_code(missing), jsonrpc::STORAGE_LOOKUP_ERROR);
-    let missing = call(&fx, "delete", json!({"model_type_name": "Host", "model_json_data": {"address": "10.2.0.1"}})).await;
+    let missing =
+        call(&fx, "delete", json!({"model_type_name": "Host", "model_json_data": {"address": "10.2.0.1"}})).await;
     assert_eq!(rpc_code(missing), jsonrpc::STORAGE_LOOKUP_ERROR);
 
     let mut seen = Vec::new();
@@ -148,21 +167,35 @@ async fn bad_documents_write_nothing(fx: Fixture) {
     assert_eq!(list, json!([]));
     assert!(fx.raw.list("").await.expect("raw list").is_empty());
 
-    assert_eq!(rpc_code(call(&fx, "save", json!({"model_type_name": "Nope", "model_json_data": {}})).await), jsonrpc::INVALID_PARAMS);
+    assert_eq!(
+        rpc_code(call(&fx, "save", json!({"model_type_name": "Nope", "model_json_data": {}})).await),
+        jsonrpc::INVALID_PARAMS
+    );
     assert_eq!(rpc_code(call(&fx, "list", json!({"model_type_name": "Host"})).await), jsonrpc::INVALID_PARAMS);
     assert_eq!(
-        rpc_code(call(&fx, "get", json!({"model_type_name": "Host", "model_json_data": {"address": "../../etc"}})).await),
+        rpc_code(
+            call(&fx, "get", json!({"model_type_name": "Host", "model_json_data": {"address": "../../etc"}})).await
+        ),
         jsonrpc::INVALID_PARAMS
     );
     assert_eq!(rpc_code(call(&fx, "frobnicate", json!({})).await), jsonrpc::METHOD_NOT_FOUND);
 }
 
 async fn revisions_guard_concurrent_updates(fx: Fixture) {
-    call(&fx, "save", json!({"model_type_name": "Cluster", "model_json_data": {"name": "shared"}, "expected_revision": 0}))
-        .await
-        .expect("create");
+    call(
+        &fx,
+        "save",
+        json!({"model_type_name": "Cluster", "model_json_data": {"name": "shared"}, "expected_revision": 0}),
+    )
+    .await
+    .expect("create");
     // Creating again with expected_revision 0 conflicts.
-    let again = call(&fx, "save", json!({"model_type_name": "Cluster", "model_json_data": {"name": "shared"}, "expected_revision": 0})).await;
+    let again = call(
+        &fx,
+        "save",
+        json!({"model_type_name": "Cluster", "model_json_data": {"name": "shared"}, "expected_revision": 0}),
+    )
+    .await;
     assert_eq!(rpc_code(again), jsonrpc::CONFLICT);
 
     // Eight writers add a host each by read-modify-write: none is lost.
@@ -194,9 +227,15 @@ async fn revisions_guard_concurrent_updates(fx: Fixture) {
     for task in tasks {
         conflicts += task.await.expect("task");
     }
-    let cluster = call(&fx, "get", json!({"model_type_name": "Cluster", "model_json_data": {"name": "shared"}})).await.expect("get");
-    let mut hosts: Vec<String> =
-        cluster["hostset"].as_array().expect("hostset").iter().map(|h| h.as_str().unwrap_or_default().to_string()).collect();
+    let cluster = call(&fx, "get", json!({"model_type_name": "Cluster", "model_json_data": {"name": "shared"}}))
+        .await
+        .expect("get");
+    let mut hosts: Vec<String> = cluster["hostset"]
+        .as_array()
+        .expect("hostset")
+        .iter()
+        .map(|h| h.as_str().unwrap_or_default().to_string())
+        .collect();
     hosts.sort();
     assert_eq!(hosts, (0..8).map(|i| format!("10.4.0.{i}")).collect::<Vec<_>>());
     println!("8 concurrent membership updates, {conflicts} conflicts retried, none lost");
@@ -204,14 +243,17 @@ async fn revisions_guard_concurrent_updates(fx: Fixture) {
 
 async fn credentials_are_sealed_and_never_announced(fx: Fixture) {
     use base64::Engine;
-    let private_key = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----\n";
+    let private_key =
+        "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----\n";
     let encoded = base64::engine::general_purpose::STANDARD.encode(private_key);
     let mut events = fx.bus.subscribe(&["#"]).await.expect("subscribe");
 
     call(&fx, "save", json!({"model_type_name": "HostCreds", "model_json_data": {"address": "10.5.0.1", "ssh_priv_key": encoded, "remote_user": "admin"}}))
         .await
         .expect("save creds");
-    let creds = call(&fx, "get", json!({"model_type_name": "HostCreds", "model_json_data": {"address": "10.5.0.1"}})).await.expect("get");
+    let creds = call(&fx, "get", json!({"model_type_name": "HostCreds", "model_json_data": {"address": "10.5.0.1"}}))
+        .await
+        .expect("get");
     assert_eq!(creds, json!({"address": "10.5.0.1", "ssh_priv_key": encoded, "remote_user": "admin"}));
 
     // What the store holds shows neither the key nor its base64.
@@ -221,7 +263,9 @@ async fn credentials_are_sealed_and_never_announced(fx: Fixture) {
     assert!(dump[0].0.ends_with("/commissaire/secrets/hosts/10.5.0.1"), "{}", dump[0].0);
     assert!(!stored.contains(&encoded) && !stored.contains("OPENSSH"), "credentials stored in clear: {stored}");
 
-    call(&fx, "delete", json!({"model_type_name": "HostCreds", "model_json_data": {"address": "10.5.0.1"}})).await.expect("delete");
+    call(&fx, "delete", json!({"model_type_name": "HostCreds", "model_json_data": {"address": "10.5.0.1"}}))
+        .await
+        .expect("delete");
     // Only the requests themselves crossed the bus, no storage event.
     while let Ok(Some(event)) = tokio::time::timeout(Duration::from_millis(200), events.next()).await {
         assert!(!event.routing_key.starts_with("notify."), "secret announced: {}", event.routing_key);

@@ -64,10 +64,7 @@ impl Drop for EtcdCleanup {
         let prefix = self.prefix.clone();
         // Runs on a thread of its own: drop may happen inside the test's runtime.
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
                 return;
             };
             rt.block_on(async {
@@ -97,28 +94,13 @@ async fn etcd_fixture() -> Fixture {
     let url = etcd_url();
     let store = connect_etcd(&url).await;
     let prefix = unique_prefix();
-    Fixture {
-        store: Arc::new(store),
-        _cleanup: Some(EtcdCleanup {
-            url,
-            prefix: prefix.clone(),
-        }),
-        prefix,
-        _dir: None,
-    }
+    Fixture { store: Arc::new(store), _cleanup: Some(EtcdCleanup { url, prefix: prefix.clone() }), prefix, _dir: None }
 }
 
 async fn embedded_fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(dir.path().join("store.redb"))
-        .await
-        .unwrap();
-    Fixture {
-        store: Arc::new(store),
-        prefix: unique_prefix(),
-        _cleanup: None,
-        _dir: Some(dir),
-    }
+    let store = EmbeddedStore::open(dir.path().join("store.redb")).await.unwrap();
+    Fixture { store: Arc::new(store), prefix: unique_prefix(), _cleanup: None, _dir: Some(dir) }
 }
 
 async fn next_event(watch: &mut WatchStream) -> WatchEvent {
@@ -142,10 +124,7 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(
-            start.elapsed() < deadline,
-            "{what}: not reached within {deadline:?}"
-        );
+        assert!(start.elapsed() < deadline, "{what}: not reached within {deadline:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -160,56 +139,26 @@ mod suite {
         let key = format!("{prefix}hosts/10.0.0.1");
         assert_eq!(store.get(&key).await.unwrap(), None);
 
-        let (rev1, created) = store
-            .put(&key, b"{\"a\":1}".to_vec(), Expect::Any)
-            .await
-            .unwrap();
+        let (rev1, created) = store.put(&key, b"{\"a\":1}".to_vec(), Expect::Any).await.unwrap();
         assert!(created, "first put creates the key");
         assert!(rev1 > 0);
-        assert_eq!(
-            store.get(&key).await.unwrap(),
-            Some(Versioned {
-                value: b"{\"a\":1}".to_vec(),
-                revision: rev1
-            })
-        );
+        assert_eq!(store.get(&key).await.unwrap(), Some(Versioned { value: b"{\"a\":1}".to_vec(), revision: rev1 }));
 
-        let (rev2, created) = store
-            .put(&key, b"{\"a\":2}".to_vec(), Expect::Any)
-            .await
-            .unwrap();
+        let (rev2, created) = store.put(&key, b"{\"a\":2}".to_vec(), Expect::Any).await.unwrap();
         assert!(!created, "second put updates the key");
         assert!(rev2 > rev1);
 
         let listed = store.list(prefix).await.unwrap();
-        assert_eq!(
-            listed,
-            vec![(
-                key.clone(),
-                Versioned {
-                    value: b"{\"a\":2}".to_vec(),
-                    revision: rev2
-                }
-            )]
-        );
+        assert_eq!(listed, vec![(key.clone(), Versioned { value: b"{\"a\":2}".to_vec(), revision: rev2 })]);
 
         let previous = store.delete(&key, Expect::Any).await.unwrap();
-        assert_eq!(
-            previous,
-            Some(Versioned {
-                value: b"{\"a\":2}".to_vec(),
-                revision: rev2
-            })
-        );
+        assert_eq!(previous, Some(Versioned { value: b"{\"a\":2}".to_vec(), revision: rev2 }));
         assert_eq!(store.get(&key).await.unwrap(), None);
         assert_eq!(store.delete(&key, Expect::Any).await.unwrap(), None);
         assert!(store.list(prefix).await.unwrap().is_empty());
 
         // A key can be created again after a delete.
-        let (rev3, created) = store
-            .put(&key, b"x".to_vec(), Expect::Absent)
-            .await
-            .unwrap();
+        let (rev3, created) = store.put(&key, b"x".to_vec(), Expect::Absent).await.unwrap();
         assert!(created);
         assert!(rev3 > rev2);
         store.ping().await.unwrap();
@@ -221,10 +170,7 @@ mod suite {
         let mut last = 0;
         for _ in 0..5 {
             // The same value each time: the revision still changes.
-            let (rev, _) = store
-                .put(&key, b"same".to_vec(), Expect::Any)
-                .await
-                .unwrap();
+            let (rev, _) = store.put(&key, b"same".to_vec(), Expect::Any).await.unwrap();
             assert!(rev > last, "revision {rev} after {last}");
             assert_eq!(store.get(&key).await.unwrap().unwrap().revision, rev);
             last = rev;
@@ -237,96 +183,52 @@ mod suite {
     pub async fn preconditions(store: Arc<dyn Store>, prefix: &str) {
         let key = format!("{prefix}cluster/c1/restart");
         let missing = format!("{prefix}missing");
-        let is_conflict =
-            |r: &StoreError| matches!(r, StoreError::Conflict { key: k } if k.contains(prefix));
+        let is_conflict = |r: &StoreError| matches!(r, StoreError::Conflict { key: k } if k.contains(prefix));
 
-        let (rev1, created) = store
-            .put(&key, b"v1".to_vec(), Expect::Absent)
-            .await
-            .unwrap();
+        let (rev1, created) = store.put(&key, b"v1".to_vec(), Expect::Absent).await.unwrap();
         assert!(created);
 
         // Absent fails on an existing key, and writes nothing.
-        let err = store
-            .put(&key, b"nope".to_vec(), Expect::Absent)
-            .await
-            .unwrap_err();
+        let err = store.put(&key, b"nope".to_vec(), Expect::Absent).await.unwrap_err();
         assert!(is_conflict(&err), "{err:?}");
-        assert_eq!(
-            store.get(&key).await.unwrap().unwrap(),
-            Versioned {
-                value: b"v1".to_vec(),
-                revision: rev1
-            }
-        );
+        assert_eq!(store.get(&key).await.unwrap().unwrap(), Versioned { value: b"v1".to_vec(), revision: rev1 });
 
         // Revision with the current revision succeeds.
-        let (rev2, created) = store
-            .put(&key, b"v2".to_vec(), Expect::Revision(rev1))
-            .await
-            .unwrap();
+        let (rev2, created) = store.put(&key, b"v2".to_vec(), Expect::Revision(rev1)).await.unwrap();
         assert!(!created);
         assert!(rev2 > rev1);
 
         // A stale revision fails and writes nothing.
-        let err = store
-            .put(&key, b"stale".to_vec(), Expect::Revision(rev1))
-            .await
-            .unwrap_err();
+        let err = store.put(&key, b"stale".to_vec(), Expect::Revision(rev1)).await.unwrap_err();
         assert!(is_conflict(&err), "{err:?}");
-        assert_eq!(
-            store.get(&key).await.unwrap().unwrap(),
-            Versioned {
-                value: b"v2".to_vec(),
-                revision: rev2
-            }
-        );
+        assert_eq!(store.get(&key).await.unwrap().unwrap(), Versioned { value: b"v2".to_vec(), revision: rev2 });
 
         // Revision on a missing key fails and does not create it; Revision(0) means absent.
-        let err = store
-            .put(&missing, b"m".to_vec(), Expect::Revision(rev2))
-            .await
-            .unwrap_err();
+        let err = store.put(&missing, b"m".to_vec(), Expect::Revision(rev2)).await.unwrap_err();
         assert!(is_conflict(&err), "{err:?}");
         assert_eq!(store.get(&missing).await.unwrap(), None);
-        let err = store
-            .put(&key, b"z".to_vec(), Expect::Revision(0))
-            .await
-            .unwrap_err();
+        let err = store.put(&key, b"z".to_vec(), Expect::Revision(0)).await.unwrap_err();
         assert!(is_conflict(&err), "{err:?}");
 
         // Deletes: a stale revision or Absent on an existing key fail and delete nothing.
-        let err = store
-            .delete(&key, Expect::Revision(rev1))
-            .await
-            .unwrap_err();
+        let err = store.delete(&key, Expect::Revision(rev1)).await.unwrap_err();
         assert!(is_conflict(&err), "{err:?}");
         let err = store.delete(&key, Expect::Absent).await.unwrap_err();
         assert!(is_conflict(&err), "{err:?}");
         assert_eq!(store.get(&key).await.unwrap().unwrap().revision, rev2);
-        let err = store
-            .delete(&missing, Expect::Revision(rev2))
-            .await
-            .unwrap_err();
+        let err = store.delete(&missing, Expect::Revision(rev2)).await.unwrap_err();
         assert!(is_conflict(&err), "{err:?}");
         assert_eq!(store.delete(&missing, Expect::Absent).await.unwrap(), None);
 
         // The current revision deletes, returning the previous value.
         let previous = store.delete(&key, Expect::Revision(rev2)).await.unwrap();
-        assert_eq!(
-            previous,
-            Some(Versioned {
-                value: b"v2".to_vec(),
-                revision: rev2
-            })
-        );
+        assert_eq!(previous, Some(Versioned { value: b"v2".to_vec(), revision: rev2 }));
         assert_eq!(store.get(&key).await.unwrap(), None);
     }
 
     pub async fn delete_returns_previous(store: Arc<dyn Store>, prefix: &str) {
         let key = format!("{prefix}hosts/h");
-        let value =
-            serde_json::to_vec(&serde_json::json!({"address": "h", "status": "active"})).unwrap();
+        let value = serde_json::to_vec(&serde_json::json!({"address": "h", "status": "active"})).unwrap();
         let (rev, _) = store.put(&key, value.clone(), Expect::Any).await.unwrap();
         let previous = store.delete(&key, Expect::Any).await.unwrap().unwrap();
         assert_eq!(previous.value, value);
@@ -337,17 +239,10 @@ mod suite {
     pub async fn list_prefix_sorted(store: Arc<dyn Store>, prefix: &str) {
         let hosts = format!("{prefix}hosts/");
         let inside = ["c", "a/x", "b", "a", "a/y", "\u{e9}t\u{e9}"];
-        let outside = [
-            format!("{prefix}hosts"),
-            format!("{prefix}hosts-old/a"),
-            format!("{prefix}host/a"),
-            format!("{prefix}a"),
-        ];
+        let outside =
+            [format!("{prefix}hosts"), format!("{prefix}hosts-old/a"), format!("{prefix}host/a"), format!("{prefix}a")];
         for (i, name) in inside.iter().enumerate() {
-            store
-                .put(&format!("{hosts}{name}"), vec![i as u8], Expect::Any)
-                .await
-                .unwrap();
+            store.put(&format!("{hosts}{name}"), vec![i as u8], Expect::Any).await.unwrap();
         }
         for key in &outside {
             store.put(key, b"out".to_vec(), Expect::Any).await.unwrap();
@@ -363,71 +258,33 @@ mod suite {
             assert_eq!(v.value, vec![i as u8]);
             assert_eq!(store.get(key).await.unwrap().unwrap().revision, v.revision);
         }
-        assert_eq!(
-            store.list(prefix).await.unwrap().len(),
-            inside.len() + outside.len()
-        );
-        assert!(
-            store
-                .list(&format!("{prefix}nothing/"))
-                .await
-                .unwrap()
-                .is_empty()
-        );
+        assert_eq!(store.list(prefix).await.unwrap().len(), inside.len() + outside.len());
+        assert!(store.list(&format!("{prefix}nothing/")).await.unwrap().is_empty());
     }
 
     pub async fn watch_sees_changes_in_order(store: Arc<dyn Store>, prefix: &str) {
         let dir = format!("{prefix}w/");
         let key = format!("{dir}k");
         // Written before the watch: not seen.
-        store
-            .put(&format!("{dir}before"), b"0".to_vec(), Expect::Any)
-            .await
-            .unwrap();
+        store.put(&format!("{dir}before"), b"0".to_vec(), Expect::Any).await.unwrap();
 
         let mut watch = store.watch(&dir).await.unwrap();
-        let (r1, _) = store
-            .put(&key, b"1".to_vec(), Expect::Absent)
-            .await
-            .unwrap();
-        store
-            .put(&format!("{prefix}elsewhere"), b"x".to_vec(), Expect::Any)
-            .await
-            .unwrap();
-        let (r2, _) = store
-            .put(&key, b"2".to_vec(), Expect::Revision(r1))
-            .await
-            .unwrap();
+        let (r1, _) = store.put(&key, b"1".to_vec(), Expect::Absent).await.unwrap();
+        store.put(&format!("{prefix}elsewhere"), b"x".to_vec(), Expect::Any).await.unwrap();
+        let (r2, _) = store.put(&key, b"2".to_vec(), Expect::Revision(r1)).await.unwrap();
         store.delete(&key, Expect::Any).await.unwrap();
-        let (r4, _) = store
-            .put(&format!("{dir}sentinel"), b"s".to_vec(), Expect::Any)
-            .await
-            .unwrap();
+        let (r4, _) = store.put(&format!("{dir}sentinel"), b"s".to_vec(), Expect::Any).await.unwrap();
 
         assert_eq!(
             next_event(&mut watch).await,
-            WatchEvent::Put {
-                key: key.clone(),
-                value: b"1".to_vec(),
-                revision: r1,
-                created: true
-            }
+            WatchEvent::Put { key: key.clone(), value: b"1".to_vec(), revision: r1, created: true }
         );
         assert_eq!(
             next_event(&mut watch).await,
-            WatchEvent::Put {
-                key: key.clone(),
-                value: b"2".to_vec(),
-                revision: r2,
-                created: false
-            }
+            WatchEvent::Put { key: key.clone(), value: b"2".to_vec(), revision: r2, created: false }
         );
         match next_event(&mut watch).await {
-            WatchEvent::Delete {
-                key: k,
-                previous,
-                revision,
-            } => {
+            WatchEvent::Delete { key: k, previous, revision } => {
                 assert_eq!(k, key);
                 assert_eq!(previous, Some(b"2".to_vec()));
                 assert!(revision > r2 && revision < r4);
@@ -450,10 +307,7 @@ mod suite {
         const TASKS: usize = 16;
         const ITEMS: usize = 10;
         let key = format!("{prefix}cas");
-        store
-            .put(&key, b"[]".to_vec(), Expect::Absent)
-            .await
-            .unwrap();
+        store.put(&key, b"[]".to_vec(), Expect::Absent).await.unwrap();
         let conflicts = Arc::new(AtomicU64::new(0));
         let started = Instant::now();
         let mut tasks = Vec::new();
@@ -466,14 +320,10 @@ mod suite {
                     let item = format!("task{t}-item{i}");
                     loop {
                         let current = store.get(&key).await.unwrap().unwrap();
-                        let mut items: Vec<String> =
-                            serde_json::from_slice(&current.value).unwrap();
+                        let mut items: Vec<String> = serde_json::from_slice(&current.value).unwrap();
                         items.push(item.clone());
                         let value = serde_json::to_vec(&items).unwrap();
-                        match store
-                            .put(&key, value, Expect::Revision(current.revision))
-                            .await
-                        {
+                        match store.put(&key, value, Expect::Revision(current.revision)).await {
                             Ok(_) => break,
                             Err(StoreError::Conflict { .. }) => {
                                 conflicts.fetch_add(1, Ordering::Relaxed);
@@ -485,13 +335,9 @@ mod suite {
             }));
         }
         for task in tasks {
-            tokio::time::timeout(Duration::from_secs(120), task)
-                .await
-                .expect("CAS tasks took over 120 s")
-                .unwrap();
+            tokio::time::timeout(Duration::from_secs(120), task).await.expect("CAS tasks took over 120 s").unwrap();
         }
-        let items: Vec<String> =
-            serde_json::from_slice(&store.get(&key).await.unwrap().unwrap().value).unwrap();
+        let items: Vec<String> = serde_json::from_slice(&store.get(&key).await.unwrap().unwrap().value).unwrap();
         let mut unique = items.clone();
         unique.sort();
         unique.dedup();
@@ -512,10 +358,7 @@ mod suite {
     }
 
     pub async fn rejects_empty_key(store: Arc<dyn Store>, _prefix: &str) {
-        assert!(matches!(
-            store.put("", b"x".to_vec(), Expect::Any).await,
-            Err(StoreError::Invalid(_))
-        ));
+        assert!(matches!(store.put("", b"x".to_vec(), Expect::Any).await, Err(StoreError::Invalid(_))));
         assert!(matches!(store.get("").await, Err(StoreError::Invalid(_))));
     }
 }
@@ -567,53 +410,20 @@ async fn embedded_reopen_keeps_data_and_revisions() {
         let store = EmbeddedStore::open(&path).await.unwrap();
         for i in 0..20 {
             store
-                .put(
-                    &format!("/commissaire/hosts/10.0.0.{i}"),
-                    format!("{{\"i\":{i}}}").into_bytes(),
-                    Expect::Any,
-                )
+                .put(&format!("/commissaire/hosts/10.0.0.{i}"), format!("{{\"i\":{i}}}").into_bytes(), Expect::Any)
                 .await
                 .unwrap();
         }
-        store
-            .put(
-                "/commissaire/hosts/10.0.0.3",
-                b"updated".to_vec(),
-                Expect::Any,
-            )
-            .await
-            .unwrap();
-        store
-            .delete("/commissaire/hosts/10.0.0.4", Expect::Any)
-            .await
-            .unwrap();
-        last = store
-            .put(
-                "/commissaire/cluster/c/restart",
-                b"{}".to_vec(),
-                Expect::Absent,
-            )
-            .await
-            .unwrap()
-            .0;
+        store.put("/commissaire/hosts/10.0.0.3", b"updated".to_vec(), Expect::Any).await.unwrap();
+        store.delete("/commissaire/hosts/10.0.0.4", Expect::Any).await.unwrap();
+        last = store.put("/commissaire/cluster/c/restart", b"{}".to_vec(), Expect::Absent).await.unwrap().0;
         before = store.list("/").await.unwrap();
         assert_eq!(before.len(), 20);
     }
     let store = EmbeddedStore::open(&path).await.unwrap();
-    assert_eq!(
-        store.list("/").await.unwrap(),
-        before,
-        "same keys, values and revisions after reopening"
-    );
+    assert_eq!(store.list("/").await.unwrap(), before, "same keys, values and revisions after reopening");
     // The revision counter went on from where it was.
-    let (next, created) = store
-        .put(
-            "/commissaire/hosts/10.0.0.4",
-            b"again".to_vec(),
-            Expect::Absent,
-        )
-        .await
-        .unwrap();
+    let (next, created) = store.put("/commissaire/hosts/10.0.0.4", b"again".to_vec(), Expect::Absent).await.unwrap();
     assert!(created);
     assert_eq!(next, last + 1);
 }
@@ -627,10 +437,7 @@ async fn embedded_second_open_fails_clearly() {
     let err = EmbeddedStore::open(&path).await.unwrap_err();
     println!("second open: {err}");
     assert!(matches!(err, StoreError::Locked(_)), "{err:?}");
-    assert!(
-        err.to_string().contains(&path.display().to_string()),
-        "the message names the file: {err}"
-    );
+    assert!(err.to_string().contains(&path.display().to_string()), "the message names the file: {err}");
     // The first store is unharmed, and once it is closed the file opens again.
     assert_eq!(first.get("/k").await.unwrap().unwrap().value, b"v");
     drop(first);
@@ -651,10 +458,7 @@ async fn embedded_open_fails_while_another_process_holds_the_file() {
     child.kill();
     // After the holder is gone (killed, so the file was not closed cleanly) it opens again.
     let store = EmbeddedStore::open(&path).await.unwrap();
-    assert_eq!(
-        store.get("/held").await.unwrap().unwrap().value,
-        b"by the child"
-    );
+    assert_eq!(store.get("/held").await.unwrap().unwrap().value, b"by the child");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -676,11 +480,7 @@ async fn embedded_acknowledged_writes_survive_a_crash() {
     let store = EmbeddedStore::open(&path).await.unwrap();
     for (i, rev) in &acked {
         let got = store.get(&format!("/crash/{i:06}")).await.unwrap();
-        assert_eq!(
-            got.map(|v| v.revision),
-            Some(*rev),
-            "acknowledged write {i} lost"
-        );
+        assert_eq!(got.map(|v| v.revision), Some(*rev), "acknowledged write {i} lost");
     }
     println!(
         "{} acknowledged writes all present after SIGKILL; {} keys in the file",
@@ -693,28 +493,14 @@ async fn embedded_acknowledged_writes_survive_a_crash() {
 async fn embedded_full_disk_is_a_clear_io_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("full.redb");
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .unwrap();
-    let backend = FillingDisk {
-        inner: redb::backends::FileBackend::new(file).unwrap(),
-        limit: 4 * 1024 * 1024,
-    };
+    let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).unwrap();
+    let backend = FillingDisk { inner: redb::backends::FileBackend::new(file).unwrap(), limit: 4 * 1024 * 1024 };
     let label = path.display().to_string();
-    let store = EmbeddedStore::open_with_backend(label.clone(), backend)
-        .await
-        .unwrap();
+    let store = EmbeddedStore::open_with_backend(label.clone(), backend).await.unwrap();
     let value = vec![7u8; 64 * 1024];
     let mut written = 0;
     let err = loop {
-        match store
-            .put(&format!("/big/{written:05}"), value.clone(), Expect::Any)
-            .await
-        {
+        match store.put(&format!("/big/{written:05}"), value.clone(), Expect::Any).await {
             Ok(_) => written += 1,
             Err(e) => break e,
         }
@@ -724,10 +510,7 @@ async fn embedded_full_disk_is_a_clear_io_error() {
     assert!(matches!(err, StoreError::Io(_)), "{err:?}");
     let msg = err.to_string();
     assert!(msg.contains(&label), "names the file: {msg}");
-    assert!(
-        msg.contains("disk is full") || msg.contains("No space left"),
-        "says why: {msg}"
-    );
+    assert!(msg.contains("disk is full") || msg.contains("No space left"), "says why: {msg}");
     // Later calls fail the same clear way (or still work), never panic.
     match store.put("/big/after", b"x".to_vec(), Expect::Any).await {
         Ok(_) | Err(StoreError::Io(_)) => {}
@@ -744,10 +527,7 @@ async fn embedded_damaged_file_is_reported_not_trusted() {
     let err = EmbeddedStore::open(&path).await.unwrap_err();
     println!("damaged file: {err}");
     assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
-    assert!(
-        err.to_string().contains(&path.display().to_string()),
-        "{err}"
-    );
+    assert!(err.to_string().contains(&path.display().to_string()), "{err}");
 
     let missing_dir = dir.path().join("no/such/dir/store.redb");
     let err = EmbeddedStore::open(&missing_dir).await.unwrap_err();
@@ -803,17 +583,8 @@ struct ChildStore {
 impl ChildStore {
     fn spawn(mode: &str, path: &Path) -> Self {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--ignored",
-                "--exact",
-                "child_process_entry",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(
-                "COMMISSAIRE_STORE_CHILD",
-                format!("{mode}:{}", path.display()),
-            )
+            .args(["--ignored", "--exact", "child_process_entry", "--nocapture", "--test-threads=1"])
+            .env("COMMISSAIRE_STORE_CHILD", format!("{mode}:{}", path.display()))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -873,10 +644,7 @@ fn child_process_entry() {
         let mut out = std::io::stdout();
         match mode {
             "hold" => {
-                store
-                    .put("/held", b"by the child".to_vec(), Expect::Any)
-                    .await
-                    .unwrap();
+                store.put("/held", b"by the child".to_vec(), Expect::Any).await.unwrap();
                 writeln!(out, "READY").unwrap();
                 out.flush().unwrap();
                 // Hold the file until the parent kills this process or closes stdin.
@@ -889,11 +657,7 @@ fn child_process_entry() {
             "write" => {
                 for i in 0u64.. {
                     let (rev, _) = store
-                        .put(
-                            &format!("/crash/{i:06}"),
-                            format!("value {i}").into_bytes(),
-                            Expect::Any,
-                        )
+                        .put(&format!("/crash/{i:06}"), format!("value {i}").into_bytes(), Expect::Any)
                         .await
                         .unwrap();
                     writeln!(out, "ACK {i} {rev}").unwrap();
@@ -918,15 +682,8 @@ async fn etcd_unreachable_endpoint_is_unavailable_within_the_timeout() {
     let err = EtcdStore::connect(config).await.unwrap_err();
     println!("refused: {err} after {:?}", started.elapsed());
     assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
-    assert!(
-        err.to_string().contains("127.0.0.1:1"),
-        "names the endpoint: {err}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert!(err.to_string().contains("127.0.0.1:1"), "names the endpoint: {err}");
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
 
     // A listener that never answers (accepts TCP, says nothing): the timeout must fire.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -938,15 +695,8 @@ async fn etcd_unreachable_endpoint_is_unavailable_within_the_timeout() {
     let err = EtcdStore::connect(config).await.unwrap_err();
     println!("silent: {err} after {:?}", started.elapsed());
     assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
-    assert!(
-        err.to_string().contains(&url[7..]),
-        "names the endpoint: {err}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(6),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert!(err.to_string().contains(&url[7..]), "names the endpoint: {err}");
+    assert!(started.elapsed() < Duration::from_secs(6), "took {:?}", started.elapsed());
     drop(silent);
 }
 
@@ -964,16 +714,10 @@ async fn etcd_config_errors_are_clear() {
     assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
 
     let mut config = EtcdConfig::new(Vec::<String>::new());
-    assert!(matches!(
-        EtcdStore::connect(config.clone()).await,
-        Err(StoreError::Config(_))
-    ));
+    assert!(matches!(EtcdStore::connect(config.clone()).await, Err(StoreError::Config(_))));
     config.endpoints = vec!["http://127.0.0.1:2379".into()];
     config.username = Some("root".into());
-    assert!(matches!(
-        EtcdStore::connect(config).await,
-        Err(StoreError::Config(_))
-    ));
+    assert!(matches!(EtcdStore::connect(config).await, Err(StoreError::Config(_))));
 }
 
 /// An etcd of this test's own (the shared one is never stopped), on free ports.
@@ -994,24 +738,14 @@ struct TlsFiles {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 impl PrivateEtcd {
     fn new(tls: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let tls = tls.then(|| make_certificates(dir.path()));
-        let mut etcd = PrivateEtcd {
-            child: None,
-            dir,
-            client_port: free_port(),
-            peer_port: free_port(),
-            tls,
-        };
+        let mut etcd = PrivateEtcd { child: None, dir, client_port: free_port(), peer_port: free_port(), tls };
         etcd.start();
         etcd
     }
@@ -1035,11 +769,7 @@ impl PrivateEtcd {
 
     fn start(&mut self) {
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("etcd.log"))
-            .unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("etcd.log")).unwrap();
         let mut cmd = Command::new("etcd");
         cmd.args([
             "--name",
@@ -1051,18 +781,8 @@ impl PrivateEtcd {
         ])
         .arg("--data-dir")
         .arg(self.dir.path().join("data"))
-        .args([
-            "--listen-client-urls",
-            &self.url(),
-            "--advertise-client-urls",
-            &self.url(),
-        ])
-        .args([
-            "--listen-peer-urls",
-            &peer,
-            "--initial-advertise-peer-urls",
-            &peer,
-        ])
+        .args(["--listen-client-urls", &self.url(), "--advertise-client-urls", &self.url()])
+        .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
         .arg("--initial-cluster")
         .arg(format!("p={peer}"))
         .stdin(Stdio::null())
@@ -1110,39 +830,16 @@ fn make_certificates(dir: &Path) -> TlsFiles {
             .current_dir(dir)
             .output()
             .unwrap_or_else(|e| panic!("cannot run openssl: {e}"));
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
     run(&[
         &["req", "-x509"][..],
         &ec,
-        &[
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=commissaire-test-ca",
-        ],
+        &["-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=commissaire-test-ca"],
     ]
     .concat());
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
+    std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n").unwrap();
     std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
     for (name, cn) in [("server", "127.0.0.1"), ("client", "root")] {
         let key = format!("{name}.key");
@@ -1150,12 +847,7 @@ fn make_certificates(dir: &Path) -> TlsFiles {
         let crt = format!("{name}.crt");
         let ext = format!("{name}.ext");
         let subj = format!("/CN={cn}");
-        run(&[
-            &["req"][..],
-            &ec,
-            &["-keyout", &key, "-out", &csr, "-subj", &subj],
-        ]
-        .concat());
+        run(&[&["req"][..], &ec, &["-keyout", &key, "-out", &csr, "-subj", &subj]].concat());
         run(&[
             "x509",
             "-req",
@@ -1195,24 +887,11 @@ async fn etcd_watch_resumes_after_etcd_restart_and_calls_time_out_while_down() {
 
     etcd.stop();
     let started = Instant::now();
-    let err = store
-        .put(&key, b"while down".to_vec(), Expect::Any)
-        .await
-        .unwrap_err();
-    println!(
-        "put while etcd is down: {err} after {:?}",
-        started.elapsed()
-    );
+    let err = store.put(&key, b"while down".to_vec(), Expect::Any).await.unwrap_err();
+    println!("put while etcd is down: {err} after {:?}", started.elapsed());
     assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
-    assert!(
-        err.to_string().contains(&etcd.url()),
-        "names the endpoint: {err}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert!(err.to_string().contains(&etcd.url()), "names the endpoint: {err}");
+    assert!(started.elapsed() < Duration::from_secs(4), "took {:?}", started.elapsed());
 
     etcd.start();
     // Another client writes right after the restart, maybe before the watch is back.
@@ -1221,34 +900,19 @@ async fn etcd_watch_resumes_after_etcd_restart_and_calls_time_out_while_down() {
     other.delete(&key, Expect::Any).await.unwrap();
 
     // The first client recovers by itself...
-    eventually(
-        "the first client reconnects",
-        Duration::from_secs(30),
-        || {
-            let store = store.clone();
-            let key = key.clone();
-            async move { store.get(&key).await.ok() }
-        },
-    )
+    eventually("the first client reconnects", Duration::from_secs(30), || {
+        let store = store.clone();
+        let key = key.clone();
+        async move { store.get(&key).await.ok() }
+    })
     .await;
     // ...and its watch went on from where it was: nothing lost, nothing repeated.
     assert_eq!(
-        tokio::time::timeout(Duration::from_secs(30), watch.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap(),
-        WatchEvent::Put {
-            key: key.clone(),
-            value: b"2".to_vec(),
-            revision: r2,
-            created: false
-        }
+        tokio::time::timeout(Duration::from_secs(30), watch.next()).await.unwrap().unwrap().unwrap(),
+        WatchEvent::Put { key: key.clone(), value: b"2".to_vec(), revision: r2, created: false }
     );
     match next_event(&mut watch).await {
-        WatchEvent::Delete {
-            key: k, previous, ..
-        } => {
+        WatchEvent::Delete { key: k, previous, .. } => {
             assert_eq!(k, key);
             assert_eq!(previous, Some(b"2".to_vec()));
         }
@@ -1261,18 +925,9 @@ async fn etcd_tls_with_client_certificate() {
     let etcd = PrivateEtcd::new(true);
     let store = etcd.wait_ready().await;
     let key = format!("{}tls", unique_prefix());
-    let (rev, created) = store
-        .put(&key, b"secure".to_vec(), Expect::Absent)
-        .await
-        .unwrap();
+    let (rev, created) = store.put(&key, b"secure".to_vec(), Expect::Absent).await.unwrap();
     assert!(created);
-    assert_eq!(
-        store.get(&key).await.unwrap(),
-        Some(Versioned {
-            value: b"secure".to_vec(),
-            revision: rev
-        })
-    );
+    assert_eq!(store.get(&key).await.unwrap(), Some(Versioned { value: b"secure".to_vec(), revision: rev }));
 
     // Without the client certificate etcd refuses the connection.
     let mut config = etcd.config();
@@ -1280,10 +935,7 @@ async fn etcd_tls_with_client_certificate() {
     config.key_file = None;
     let err = EtcdStore::connect(config).await.unwrap_err();
     println!("TLS without a client certificate: {err}");
-    assert!(
-        matches!(err, StoreError::Unavailable(_) | StoreError::Denied(_)),
-        "{err:?}"
-    );
+    assert!(matches!(err, StoreError::Unavailable(_) | StoreError::Denied(_)), "{err:?}");
 
     // Plain HTTP to a TLS port fails too, within the timeout.
     let mut config = EtcdConfig::new([format!("http://127.0.0.1:{}", etcd.client_port)]);
@@ -1302,12 +954,10 @@ async fn etcd_username_and_password() {
             .arg(format!("--endpoints={}", etcd.url()))
             .args(args)
             .output()
-            .unwrap_or_else(|e| panic!("cannot run etcdctl ({e}); it comes with the test bed: `bash scripts/testbed up`"));
-        assert!(
-            out.status.success(),
-            "etcdctl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .unwrap_or_else(|e| {
+                panic!("cannot run etcdctl ({e}); it comes with the test bed: `bash scripts/testbed up`")
+            });
+        assert!(out.status.success(), "etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     };
     etcdctl(&["user", "add", "root:s3cret", "--interactive=false"]);
     etcdctl(&["auth", "enable"]);
@@ -1320,10 +970,7 @@ async fn etcd_username_and_password() {
     store.put(&key, b"ok".to_vec(), Expect::Any).await.unwrap();
     assert_eq!(store.get(&key).await.unwrap().unwrap().value, b"ok");
     let mut watch = store.watch(&key).await.unwrap();
-    let (rev, _) = store
-        .put(&key, b"again".to_vec(), Expect::Any)
-        .await
-        .unwrap();
+    let (rev, _) = store.put(&key, b"again".to_vec(), Expect::Any).await.unwrap();
     assert_eq!(next_event(&mut watch).await.revision(), rev);
 
     config.password = Some("wrong".into());

@@ -111,9 +111,7 @@ impl Bus for MemoryBus {
 
     async fn subscribe(&self, patterns: &[&str]) -> Result<Subscription, BusError> {
         let (tx, rx) = mpsc::unbounded_channel();
-        self.lock()
-            .subscribers
-            .push(Subscriber { patterns: patterns.iter().map(|p| p.to_string()).collect(), tx });
+        self.lock().subscribers.push(Subscriber { patterns: patterns.iter().map(|p| p.to_string()).collect(), tx });
         // The subscriber is removed lazily once its receiver is dropped.
         Ok(Subscription::new(rx, CancellationToken::new()))
     }

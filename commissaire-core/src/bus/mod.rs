@@ -16,11 +16,11 @@
 //!   process);
 //! * every [`Bus::request`] ends in the reply or a [`BusError`] within its timeout.
 
+pub mod amqp;
 mod dispatch;
 pub mod memory;
-pub mod amqp;
-pub mod redis;
 mod pending;
+pub mod redis;
 pub mod topic;
 mod util;
 

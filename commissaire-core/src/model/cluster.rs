@@ -35,7 +35,13 @@ pub struct ClusterHosts {
 
 impl Cluster {
     pub fn new(name: impl Into<String>) -> Self {
-        Self { name: name.into(), status: String::new(), network: default_network(), hostset: Vec::new(), container_manager: String::new() }
+        Self {
+            name: name.into(),
+            status: String::new(),
+            network: default_network(),
+            hostset: Vec::new(),
+            container_manager: String::new(),
+        }
     }
 
     /// The cluster's status from its members' statuses: `ok` when every member is

@@ -43,12 +43,16 @@ impl Model for ContainerManagerConfig {
         if self.kind != "trivial" {
             match self.options.get("server_url").and_then(Value::as_str) {
                 Some(url) if url.starts_with("https://") || url.starts_with("http://") => {}
-                _ => errors.push(FieldError::new("options.server_url", "must be the API server's http:// or https:// URL")),
+                _ => errors
+                    .push(FieldError::new("options.server_url", "must be the API server's http:// or https:// URL")),
             }
             let cert = self.options.contains_key("certificate_path");
             let key = self.options.contains_key("certificate_key_path");
             if cert != key {
-                errors.push(FieldError::new("options", "certificate_path and certificate_key_path must be given together"));
+                errors.push(FieldError::new(
+                    "options",
+                    "certificate_path and certificate_key_path must be given together",
+                ));
             }
             if let Some(flag) = self.options.get("insecure_skip_tls_verify")
                 && !flag.is_boolean()

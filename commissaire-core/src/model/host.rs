@@ -66,7 +66,10 @@ impl Model for Host {
 
     fn check(&self, errors: &mut Vec<FieldError>) {
         if !super::is_valid_address(&self.address) {
-            errors.push(FieldError::new("address", "must be an IP address or a host name (letters, digits, '-', '_', '.')"));
+            errors.push(FieldError::new(
+                "address",
+                "must be an IP address or a host name (letters, digits, '-', '_', '.')",
+            ));
         }
         if !self.status.is_empty() {
             check_one_of("status", &self.status, HOST_STATUSES, errors);
@@ -114,14 +117,20 @@ impl Model for HostCreds {
 
     fn check(&self, errors: &mut Vec<FieldError>) {
         if !super::is_valid_address(&self.address) {
-            errors.push(FieldError::new("address", "must be an IP address or a host name (letters, digits, '-', '_', '.')"));
+            errors.push(FieldError::new(
+                "address",
+                "must be an IP address or a host name (letters, digits, '-', '_', '.')",
+            ));
         }
         let user_ok = !self.remote_user.is_empty()
             && self.remote_user.len() <= 32
             && self.remote_user.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
             && !self.remote_user.starts_with('-');
         if !user_ok {
-            errors.push(FieldError::new("remote_user", "must be a user name of letters, digits, '_', '-' and '.' (1 to 32)"));
+            errors.push(FieldError::new(
+                "remote_user",
+                "must be a user name of letters, digits, '_', '-' and '.' (1 to 32)",
+            ));
         }
         if self.ssh_priv_key.bytes().any(|b| b.is_ascii_whitespace()) {
             errors.push(FieldError::new("ssh_priv_key", "must be base64 without newlines or spaces"));
@@ -183,8 +192,7 @@ fn max_timestamp() -> String {
 
 impl Model for WatcherRecord {
     const NAME: &'static str = "WatcherRecord";
-    const FIELDS: &'static [Field] =
-        &[Field::optional("address", Kind::Str), Field::optional("last_check", Kind::Str)];
+    const FIELDS: &'static [Field] = &[Field::optional("address", Kind::Str), Field::optional("last_check", Kind::Str)];
 
     fn primary_key(&self) -> Option<&str> {
         None

@@ -15,9 +15,9 @@ mod operation;
 mod schema;
 
 pub use cluster::{Cluster, ClusterHosts};
-pub use container_manager::{ContainerManagerConfig, CONTAINER_MANAGER_TYPES};
-pub use host::{Host, HostCreds, HostStatus, WatcherRecord, HOST_STATUSES};
-pub use network::{Network, NETWORK_TYPES};
+pub use container_manager::{CONTAINER_MANAGER_TYPES, ContainerManagerConfig};
+pub use host::{HOST_STATUSES, Host, HostCreds, HostStatus, WatcherRecord};
+pub use network::{NETWORK_TYPES, Network};
 pub use operation::{ClusterDeploy, ClusterRestart, ClusterUpgrade, OPERATION_STATUSES};
 pub use schema::{Field, FieldError, Kind, Unknown, ValidationError};
 
@@ -207,10 +207,7 @@ pub fn is_valid_address(address: &str) -> bool {
 
 fn check_name(field: &str, value: &str, errors: &mut Vec<FieldError>) {
     if !is_valid_name(value) {
-        errors.push(FieldError::new(
-            field,
-            "must be 1 to 253 characters of letters, digits, '-' and '_'",
-        ));
+        errors.push(FieldError::new(field, "must be 1 to 253 characters of letters, digits, '-' and '_'"));
     }
 }
 

@@ -47,7 +47,9 @@ impl Model for Network {
         if self.kind == "flannel_server" {
             match self.options.get("address").and_then(Value::as_str) {
                 Some(address) if address.contains(':') => {}
-                _ => errors.push(FieldError::new("options.address", "flannel_server needs the server as \"host:port\"")),
+                _ => {
+                    errors.push(FieldError::new("options.address", "flannel_server needs the server as \"host:port\""))
+                }
             }
         }
     }

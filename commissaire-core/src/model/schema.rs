@@ -90,7 +90,13 @@ impl std::fmt::Display for ValidationError {
         let details: Vec<String> = self
             .errors
             .iter()
-            .map(|e| if e.field.is_empty() { e.message.clone() } else { format!("{}.{}: {}", self.model, e.field, e.message) })
+            .map(|e| {
+                if e.field.is_empty() {
+                    e.message.clone()
+                } else {
+                    format!("{}.{}: {}", self.model, e.field, e.message)
+                }
+            })
             .collect();
         write!(f, "invalid {}: {}", self.model, details.join("; "))
     }
@@ -112,7 +118,12 @@ fn type_name(value: &Value) -> &'static str {
 /// Checks `value` against the schema: an object, every required attribute
 /// present, every present attribute of its kind, and (with [`Unknown::Reject`])
 /// no attribute outside the schema.
-pub fn check_fields(model: &'static str, fields: &[Field], value: &Value, unknown: Unknown) -> Result<(), ValidationError> {
+pub fn check_fields(
+    model: &'static str,
+    fields: &[Field],
+    value: &Value,
+    unknown: Unknown,
+) -> Result<(), ValidationError> {
     let Some(map) = value.as_object() else {
         return Err(ValidationError {
             model,
@@ -124,10 +135,8 @@ pub fn check_fields(model: &'static str, fields: &[Field], value: &Value, unknow
         match map.get(field.name) {
             None if field.required => errors.push(FieldError::new(field.name, "is required")),
             None => {}
-            Some(v) if !field.kind.accepts(v) => errors.push(FieldError::new(
-                field.name,
-                format!("expected {}, got {}", field.kind.describe(), type_name(v)),
-            )),
+            Some(v) if !field.kind.accepts(v) => errors
+                .push(FieldError::new(field.name, format!("expected {}, got {}", field.kind.describe(), type_name(v)))),
             Some(_) => {}
         }
     }

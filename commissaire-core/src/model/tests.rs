@@ -70,17 +70,23 @@ fn cluster_hides_hostset_and_computes_status() {
 fn enumerations_are_enforced() {
     let err = Network::from_json(&json!({"name": "n", "type": "flanneld_service"}), Unknown::Reject).expect_err("type");
     assert_eq!(err.errors[0], FieldError::new("type", "must be one of: flannel_etcd, flannel_server"));
-    let err = Network::from_json(&json!({"name": "n", "type": "flannel_server"}), Unknown::Reject).expect_err("address");
+    let err =
+        Network::from_json(&json!({"name": "n", "type": "flannel_server"}), Unknown::Reject).expect_err("address");
     assert_eq!(err.errors[0].field, "options.address");
     assert!(
-        Network::from_json(&json!({"name": "n", "type": "flannel_server", "options": {"address": "10.0.0.1:8080"}}), Unknown::Reject).is_ok()
+        Network::from_json(
+            &json!({"name": "n", "type": "flannel_server", "options": {"address": "10.0.0.1:8080"}}),
+            Unknown::Reject
+        )
+        .is_ok()
     );
     let err = Host::from_json(&json!({"address": "h", "status": "happy"}), Unknown::Reject).expect_err("status");
     assert_eq!(err.errors[0].field, "status");
     let err = ContainerManagerConfig::from_json(&json!({"name": "k"}), Unknown::Reject).expect_err("server_url");
     assert_eq!(err.errors[0].field, "options.server_url");
     assert!(ContainerManagerConfig::from_json(&json!({"name": "k", "type": "trivial"}), Unknown::Reject).is_ok());
-    let err = ClusterRestart::from_json(&json!({"name": "c", "status": "running"}), Unknown::Reject).expect_err("status");
+    let err =
+        ClusterRestart::from_json(&json!({"name": "c", "status": "running"}), Unknown::Reject).expect_err("status");
     assert_eq!(err.errors[0].field, "status");
 }
 
@@ -95,10 +101,12 @@ fn deploy_needs_a_version_and_finished_at_starts_null() {
 
 #[test]
 fn creds_default_user_and_redacted_debug() {
-    let creds = HostCreds::from_json(&json!({"address": "h", "ssh_priv_key": "c2VjcmV0"}), Unknown::Reject).expect("valid");
+    let creds =
+        HostCreds::from_json(&json!({"address": "h", "ssh_priv_key": "c2VjcmV0"}), Unknown::Reject).expect("valid");
     assert_eq!(creds.remote_user, "root");
     assert!(!format!("{creds:?}").contains("c2VjcmV0"));
-    let err = HostCreds::from_json(&json!({"address": "h", "remote_user": "root; reboot"}), Unknown::Reject).expect_err("user");
+    let err = HostCreds::from_json(&json!({"address": "h", "remote_user": "root; reboot"}), Unknown::Reject)
+        .expect_err("user");
     assert_eq!(err.errors[0].field, "remote_user");
     assert!(ModelType::HostCreds.safe_json(&creds.to_full_json()).is_none());
 }
@@ -107,7 +115,8 @@ fn creds_default_user_and_redacted_debug() {
 fn watcher_record_checks_timestamp() {
     let record = WatcherRecord::from_json(&json!({"address": "h"}), Unknown::Reject).expect("default");
     assert_eq!(record.last_check, "9999-12-31T23:59:59.999999");
-    let err = WatcherRecord::from_json(&json!({"address": "h", "last_check": "yesterday"}), Unknown::Reject).expect_err("ts");
+    let err =
+        WatcherRecord::from_json(&json!({"address": "h", "last_check": "yesterday"}), Unknown::Reject).expect_err("ts");
     assert_eq!(err.errors[0].field, "last_check");
 }
 

@@ -110,7 +110,8 @@ pub fn parse(value: Option<&Value>) -> Result<Vec<HandlerSpec>, HandlerConfigErr
             Some(Value::String(s)) => s,
             _ => return Err(HandlerConfigError::MissingType(index)),
         };
-        let kind = StoreKind::from_type(&kind_name).ok_or(HandlerConfigError::UnknownType { index, kind: kind_name })?;
+        let kind =
+            StoreKind::from_type(&kind_name).ok_or(HandlerConfigError::UnknownType { index, kind: kind_name })?;
         let name = match config.remove("name") {
             Some(Value::String(name)) => {
                 if !names.insert(name.clone()) {
@@ -142,7 +143,8 @@ pub fn parse(value: Option<&Value>) -> Result<Vec<HandlerSpec>, HandlerConfigErr
         };
         let mut models = Vec::new();
         for pattern in &patterns {
-            let glob = glob::Pattern::new(pattern).map_err(|_| HandlerConfigError::BadModels { handler: name.clone() })?;
+            let glob =
+                glob::Pattern::new(pattern).map_err(|_| HandlerConfigError::BadModels { handler: name.clone() })?;
             let matched: Vec<ModelType> = claimable().filter(|t| glob.matches(t.name())).collect();
             if matched.is_empty() {
                 return Err(HandlerConfigError::NoMatch { handler: name.clone(), pattern: pattern.clone() });
@@ -188,7 +190,10 @@ mod tests {
         let value = json!([{"type": "etcd", "server_url": "http://127.0.0.1:2379", "models": ["*"]}]);
         let specs = parse(Some(&value)).expect("parse");
         assert_eq!(specs[0].name, "commissaire.storage.etcd");
-        assert_eq!(specs[0].config, json!({"server_url": "http://127.0.0.1:2379"}).as_object().cloned().expect("object"));
+        assert_eq!(
+            specs[0].config,
+            json!({"server_url": "http://127.0.0.1:2379"}).as_object().cloned().expect("object")
+        );
     }
 
     #[test]
@@ -224,10 +229,13 @@ mod tests {
             Err(HandlerConfigError::NoMatch { .. })
         ));
         assert_eq!(
-            parse(Some(&json!([{"type": "etcd", "name": "a", "models": ["Host"]}, {"type": "etcd", "name": "a", "models": ["Cluster"]}]))),
+            parse(Some(
+                &json!([{"type": "etcd", "name": "a", "models": ["Host"]}, {"type": "etcd", "name": "a", "models": ["Cluster"]}])
+            )),
             Err(HandlerConfigError::DuplicateName("a".into()))
         );
-        let two = parse(Some(&json!([{"type": "etcd", "models": ["Host"]}, {"type": "etcd", "models": ["Cluster"]}]))).expect("numbered");
+        let two = parse(Some(&json!([{"type": "etcd", "models": ["Host"]}, {"type": "etcd", "models": ["Cluster"]}])))
+            .expect("numbered");
         assert_eq!(two[1].name, "commissaire.storage.etcd-1");
         assert_eq!(parse(Some(&json!(3))), Err(HandlerConfigError::NotObjects));
     }

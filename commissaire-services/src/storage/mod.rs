@@ -194,7 +194,8 @@ impl StorageService {
                 "{name:?} is not a list model (Hosts, Clusters, Networks or ContainerManagerConfigs)"
             ))
         })?;
-        let prefix = keys::list_prefix(t).ok_or_else(|| RpcError::invalid_params(format!("{name} cannot be listed")))?;
+        let prefix =
+            keys::list_prefix(t).ok_or_else(|| RpcError::invalid_params(format!("{name} cannot be listed")))?;
         let store = self.store_for(t, &Value::Null)?;
         let entries = store.list(&prefix).await.map_err(|e| store_error(t, "*", e))?;
         let mut items = Vec::with_capacity(entries.len());
@@ -352,7 +353,10 @@ pub async fn open_handlers(specs: Vec<HandlerSpec>) -> Result<Vec<OpenHandler>, 
 }
 
 async fn open_store(spec: &HandlerSpec) -> Result<Arc<dyn Store>, StoreError> {
-    use crate::store::{embedded::EmbeddedStore, etcd::{EtcdConfig, EtcdStore}};
+    use crate::store::{
+        embedded::EmbeddedStore,
+        etcd::{EtcdConfig, EtcdStore},
+    };
     use handlers::StoreKind;
 
     let text = |member: &str| -> Result<Option<String>, StoreError> {
@@ -370,17 +374,26 @@ async fn open_store(spec: &HandlerSpec) -> Result<Arc<dyn Store>, StoreError> {
             let (endpoints, from_env) = match spec.config.get("server_url") {
                 Some(Value::String(url)) => (vec![url.clone()], false),
                 Some(Value::Array(urls)) => (
-                    urls.iter()
-                        .map(|u| u.as_str().map(str::to_string))
-                        .collect::<Option<Vec<_>>>()
-                        .ok_or_else(|| StoreError::Config(format!("storage handler {:?}: server_url must be a URL or a list of URLs", spec.name)))?,
+                    urls.iter().map(|u| u.as_str().map(str::to_string)).collect::<Option<Vec<_>>>().ok_or_else(
+                        || {
+                            StoreError::Config(format!(
+                                "storage handler {:?}: server_url must be a URL or a list of URLs",
+                                spec.name
+                            ))
+                        },
+                    )?,
                     false,
                 ),
                 None => match env("ETCD_MACHINES") {
                     Some(machines) => (machines.split(',').map(|s| s.trim().to_string()).collect(), true),
                     None => (vec!["http://127.0.0.1:2379".to_string()], false),
                 },
-                Some(_) => return Err(StoreError::Config(format!("storage handler {:?}: server_url must be a URL or a list of URLs", spec.name))),
+                Some(_) => {
+                    return Err(StoreError::Config(format!(
+                        "storage handler {:?}: server_url must be a URL or a list of URLs",
+                        spec.name
+                    )));
+                }
             };
             let mut config = EtcdConfig::new(endpoints);
             let pick = |member: &str, var: &str| -> Result<Option<String>, StoreError> {
@@ -401,7 +414,10 @@ async fn open_store(spec: &HandlerSpec) -> Result<Arc<dyn Store>, StoreError> {
         }
         StoreKind::Embedded => {
             let path = text("path")?.ok_or_else(|| {
-                StoreError::Config(format!("storage handler {:?}: the embedded store needs \"path\" (its database file)", spec.name))
+                StoreError::Config(format!(
+                    "storage handler {:?}: the embedded store needs \"path\" (its database file)",
+                    spec.name
+                ))
             })?;
             Ok(Arc::new(EmbeddedStore::open(path).await?))
         }

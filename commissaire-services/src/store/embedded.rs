@@ -20,10 +20,7 @@ use std::sync::{Arc, mpsc as std_mpsc};
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
-use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, StorageBackend, TableDefinition,
-    WriteTransaction,
-};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, StorageBackend, TableDefinition, WriteTransaction};
 use tokio::sync::{broadcast, oneshot};
 
 use super::{Expect, Revision, Store, StoreError, Versioned, WatchEvent, WatchStream, check_key};
@@ -61,9 +58,7 @@ struct Inner {
 
 impl std::fmt::Debug for EmbeddedStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmbeddedStore")
-            .field("file", &self.inner.label)
-            .finish()
+        f.debug_struct("EmbeddedStore").field("file", &self.inner.label).finish()
     }
 }
 
@@ -100,12 +95,7 @@ fn encode(revision: Revision, created: Revision, value: &[u8]) -> Vec<u8> {
 }
 
 fn decode(label: &str, key: &str, raw: &[u8]) -> Result<Record, StoreError> {
-    let bad = || {
-        StoreError::Corrupt(format!(
-            "{label}: the record of {key} is damaged ({} bytes)",
-            raw.len()
-        ))
-    };
+    let bad = || StoreError::Corrupt(format!("{label}: the record of {key} is damaged ({} bytes)", raw.len()));
     if raw.len() < RECORD_HEADER {
         return Err(bad());
     }
@@ -116,11 +106,7 @@ fn decode(label: &str, key: &str, raw: &[u8]) -> Result<Record, StoreError> {
     if revision == 0 || created == 0 || created > revision {
         return Err(bad());
     }
-    Ok(Record {
-        revision,
-        created,
-        value: value.to_vec(),
-    })
+    Ok(Record { revision, created, value: value.to_vec() })
 }
 
 /// Maps a redb error to a [`StoreError`] naming the file and what was being done.
@@ -130,9 +116,9 @@ fn map_redb(label: &str, what: &str, e: impl Into<redb::Error>) -> StoreError {
         E::DatabaseAlreadyOpen => StoreError::Locked(format!(
             "{label} is already open (by another process, or by another store in this one); only one may use it at a time"
         )),
-        E::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => StoreError::Corrupt(format!(
-            "{what} {label}: {io} (the file is not a store, or is damaged)"
-        )),
+        E::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
+            StoreError::Corrupt(format!("{what} {label}: {io} (the file is not a store, or is damaged)"))
+        }
         E::Io(io) => {
             let hint = match io.kind() {
                 std::io::ErrorKind::StorageFull => " (the disk is full: free space, then restart)",
@@ -146,15 +132,11 @@ fn map_redb(label: &str, what: &str, e: impl Into<redb::Error>) -> StoreError {
             "{what} {label}: an earlier I/O error (e.g. a full disk) left the store unusable; fix the cause and restart"
         )),
         E::Corrupted(msg) => StoreError::Corrupt(format!("{label}: {msg}")),
-        E::ValueTooLarge(n) => {
-            StoreError::Invalid(format!("{what} {label}: a value of {n} bytes is too large"))
-        }
+        E::ValueTooLarge(n) => StoreError::Invalid(format!("{what} {label}: a value of {n} bytes is too large")),
         E::UpgradeRequired(v) => StoreError::Corrupt(format!(
             "{label} uses redb file format {v}, which this version cannot open; upgrade the file first"
         )),
-        E::RepairAborted => StoreError::Corrupt(format!(
-            "{label} was not closed cleanly and its repair was aborted"
-        )),
+        E::RepairAborted => StoreError::Corrupt(format!("{label} was not closed cleanly and its repair was aborted")),
         E::DatabaseClosed => StoreError::Io(format!("{what} {label}: the store is closed")),
         other => StoreError::Backend(format!("{what} {label}: {other}")),
     }
@@ -183,10 +165,7 @@ impl EmbeddedStore {
     /// Opens a store on another redb storage backend; `label` names it in messages.
     /// For storage other than a plain file, and for tests that need a backend that fails
     /// (e.g. a disk that fills up).
-    pub async fn open_with_backend(
-        label: impl Into<String>,
-        backend: impl StorageBackend,
-    ) -> Result<Self, StoreError> {
+    pub async fn open_with_backend(label: impl Into<String>, backend: impl StorageBackend) -> Result<Self, StoreError> {
         let label = label.into();
         run_blocking(&label.clone(), move || {
             let db = Database::builder()
@@ -202,17 +181,11 @@ impl EmbeddedStore {
     fn start(db: Database, label: String) -> Result<Self, StoreError> {
         let txn = begin_durable(&db, &label)?;
         {
-            let mut meta = txn
-                .open_table(META)
-                .map_err(|e| map_redb(&label, "initialising", e))?;
-            let format = meta
-                .get(META_FORMAT)
-                .map_err(|e| map_redb(&label, "reading", e))?
-                .map(|g| g.value());
+            let mut meta = txn.open_table(META).map_err(|e| map_redb(&label, "initialising", e))?;
+            let format = meta.get(META_FORMAT).map_err(|e| map_redb(&label, "reading", e))?.map(|g| g.value());
             match format {
                 None => {
-                    meta.insert(META_FORMAT, FORMAT)
-                        .map_err(|e| map_redb(&label, "initialising", e))?;
+                    meta.insert(META_FORMAT, FORMAT).map_err(|e| map_redb(&label, "initialising", e))?;
                 }
                 Some(FORMAT) => {}
                 Some(other) => {
@@ -221,11 +194,9 @@ impl EmbeddedStore {
                     )));
                 }
             }
-            txn.open_table(KV)
-                .map_err(|e| map_redb(&label, "initialising", e))?;
+            txn.open_table(KV).map_err(|e| map_redb(&label, "initialising", e))?;
         }
-        txn.commit()
-            .map_err(|e| map_redb(&label, "initialising", e))?;
+        txn.commit().map_err(|e| map_redb(&label, "initialising", e))?;
 
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let inner = Arc::new(Inner { db, label, events });
@@ -234,17 +205,8 @@ impl EmbeddedStore {
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer_loop(&writer_inner, &rx))
-            .map_err(|e| {
-                StoreError::Backend(format!(
-                    "{}: cannot start the writer thread: {e}",
-                    inner.label
-                ))
-            })?;
-        Ok(EmbeddedStore {
-            inner,
-            writes: Some(writes),
-            writer: Some(writer),
-        })
+            .map_err(|e| StoreError::Backend(format!("{}: cannot start the writer thread: {e}", inner.label)))?;
+        Ok(EmbeddedStore { inner, writes: Some(writes), writer: Some(writer) })
     }
 
     /// The file (or backend label) of this store.
@@ -252,31 +214,12 @@ impl EmbeddedStore {
         &self.inner.label
     }
 
-    async fn write(
-        &self,
-        key: &str,
-        expect: Expect,
-        kind: WriteKind,
-    ) -> Result<Outcome, StoreError> {
+    async fn write(&self, key: &str, expect: Expect, kind: WriteKind) -> Result<Outcome, StoreError> {
         check_key(key)?;
-        let stopped = || {
-            StoreError::Backend(format!(
-                "{}: the store's writer has stopped",
-                self.inner.label
-            ))
-        };
+        let stopped = || StoreError::Backend(format!("{}: the store's writer has stopped", self.inner.label));
         let (reply, answer) = oneshot::channel();
-        let op = WriteOp {
-            key: key.to_owned(),
-            expect,
-            kind,
-            reply,
-        };
-        self.writes
-            .as_ref()
-            .ok_or_else(stopped)?
-            .send(op)
-            .map_err(|_| stopped())?;
+        let op = WriteOp { key: key.to_owned(), expect, kind, reply };
+        self.writes.as_ref().ok_or_else(stopped)?.send(op).map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 
@@ -313,11 +256,8 @@ async fn run_blocking<T: Send + 'static>(
 }
 
 fn begin_durable(db: &Database, label: &str) -> Result<WriteTransaction, StoreError> {
-    let mut txn = db
-        .begin_write()
-        .map_err(|e| map_redb(label, "writing", e))?;
-    txn.set_durability(Durability::Immediate)
-        .map_err(|e| StoreError::Backend(format!("{label}: {e}")))?;
+    let mut txn = db.begin_write().map_err(|e| map_redb(label, "writing", e))?;
+    txn.set_durability(Durability::Immediate).map_err(|e| StoreError::Backend(format!("{label}: {e}")))?;
     Ok(txn)
 }
 
@@ -360,27 +300,16 @@ type BatchResult = (Vec<Result<Outcome, StoreError>>, Vec<WatchEvent>);
 /// Applies a batch of writes in one durable transaction. An error of the transaction itself
 /// (I/O, ...) fails the whole batch and writes nothing; a failed precondition fails only its
 /// own write.
-fn apply_batch(
-    inner: &Inner,
-    requests: Vec<(String, Expect, WriteKind)>,
-) -> Result<BatchResult, StoreError> {
+fn apply_batch(inner: &Inner, requests: Vec<(String, Expect, WriteKind)>) -> Result<BatchResult, StoreError> {
     let label = inner.label.as_str();
     let io = |e: redb::StorageError| map_redb(label, "writing", e);
     let txn = begin_durable(&inner.db, label)?;
     let mut results = Vec::with_capacity(requests.len());
     let mut events = Vec::new();
     {
-        let mut meta = txn
-            .open_table(META)
-            .map_err(|e| map_redb(label, "writing", e))?;
-        let mut kv = txn
-            .open_table(KV)
-            .map_err(|e| map_redb(label, "writing", e))?;
-        let start = meta
-            .get(META_REVISION)
-            .map_err(io)?
-            .map(|g| g.value())
-            .unwrap_or(0);
+        let mut meta = txn.open_table(META).map_err(|e| map_redb(label, "writing", e))?;
+        let mut kv = txn.open_table(KV).map_err(|e| map_redb(label, "writing", e))?;
+        let start = meta.get(META_REVISION).map_err(io)?.map(|g| g.value()).unwrap_or(0);
         let mut revision = start;
         for (key, expect, kind) in requests {
             let current = match kv.get(key.as_str()).map_err(io)? {
@@ -401,34 +330,18 @@ fn apply_batch(
                 WriteKind::Put { value } => {
                     revision += 1;
                     let created = current.as_ref().map_or(revision, |r| r.created);
-                    kv.insert(key.as_str(), encode(revision, created, &value).as_slice())
-                        .map_err(io)?;
-                    results.push(Ok(Outcome::Put {
-                        revision,
-                        created: current.is_none(),
-                    }));
-                    events.push(WatchEvent::Put {
-                        key,
-                        value,
-                        revision,
-                        created: current.is_none(),
-                    });
+                    kv.insert(key.as_str(), encode(revision, created, &value).as_slice()).map_err(io)?;
+                    results.push(Ok(Outcome::Put { revision, created: current.is_none() }));
+                    events.push(WatchEvent::Put { key, value, revision, created: current.is_none() });
                 }
                 WriteKind::Delete => match current {
                     None => results.push(Ok(Outcome::Delete { previous: None })),
                     Some(record) => {
                         revision += 1;
                         kv.remove(key.as_str()).map_err(io)?;
-                        events.push(WatchEvent::Delete {
-                            key,
-                            previous: Some(record.value.clone()),
-                            revision,
-                        });
+                        events.push(WatchEvent::Delete { key, previous: Some(record.value.clone()), revision });
                         results.push(Ok(Outcome::Delete {
-                            previous: Some(Versioned {
-                                value: record.value,
-                                revision: record.revision,
-                            }),
+                            previous: Some(Versioned { value: record.value, revision: record.revision }),
                         }));
                     }
                 },
@@ -438,8 +351,7 @@ fn apply_batch(
             meta.insert(META_REVISION, revision).map_err(io)?;
         }
     }
-    txn.commit()
-        .map_err(|e| map_redb(label, "committing to", e))?;
+    txn.commit().map_err(|e| map_redb(label, "committing to", e))?;
     Ok((results, events))
 }
 
@@ -450,23 +362,13 @@ impl Store for EmbeddedStore {
         let key = key.to_owned();
         self.read(move |inner| {
             let label = inner.label.as_str();
-            let txn = inner
-                .db
-                .begin_read()
-                .map_err(|e| map_redb(label, "reading", e))?;
-            let kv = txn
-                .open_table(KV)
-                .map_err(|e| map_redb(label, "reading", e))?;
-            let found = kv
-                .get(key.as_str())
-                .map_err(|e| map_redb(label, "reading", e))?;
+            let txn = inner.db.begin_read().map_err(|e| map_redb(label, "reading", e))?;
+            let kv = txn.open_table(KV).map_err(|e| map_redb(label, "reading", e))?;
+            let found = kv.get(key.as_str()).map_err(|e| map_redb(label, "reading", e))?;
             match found {
                 Some(raw) => {
                     let record = decode(label, &key, raw.value())?;
-                    Ok(Some(Versioned {
-                        value: record.value,
-                        revision: record.revision,
-                    }))
+                    Ok(Some(Versioned { value: record.value, revision: record.revision }))
                 }
                 None => Ok(None),
             }
@@ -474,12 +376,7 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn put(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        expect: Expect,
-    ) -> Result<(Revision, bool), StoreError> {
+    async fn put(&self, key: &str, value: Vec<u8>, expect: Expect) -> Result<(Revision, bool), StoreError> {
         match self.write(key, expect, WriteKind::Put { value }).await? {
             Outcome::Put { revision, created } => Ok((revision, created)),
             Outcome::Delete { .. } => Err(StoreError::Backend("put answered as a delete".into())),
@@ -498,13 +395,8 @@ impl Store for EmbeddedStore {
         self.read(move |inner| {
             let label = inner.label.as_str();
             let err = |e: redb::StorageError| map_redb(label, "reading", e);
-            let txn = inner
-                .db
-                .begin_read()
-                .map_err(|e| map_redb(label, "reading", e))?;
-            let kv = txn
-                .open_table(KV)
-                .map_err(|e| map_redb(label, "reading", e))?;
+            let txn = inner.db.begin_read().map_err(|e| map_redb(label, "reading", e))?;
+            let kv = txn.open_table(KV).map_err(|e| map_redb(label, "reading", e))?;
             let mut out = Vec::new();
             for item in kv.range::<&str>(prefix.as_str()..).map_err(err)? {
                 let (k, v) = item.map_err(err)?;
@@ -513,13 +405,7 @@ impl Store for EmbeddedStore {
                     break;
                 }
                 let record = decode(label, key, v.value())?;
-                out.push((
-                    key.to_owned(),
-                    Versioned {
-                        value: record.value,
-                        revision: record.revision,
-                    },
-                ));
+                out.push((key.to_owned(), Versioned { value: record.value, revision: record.revision }));
             }
             Ok(out)
         })
@@ -540,9 +426,7 @@ impl Store for EmbeddedStore {
                 };
                 match received {
                     Ok(event) => {
-                        if event.key().starts_with(prefix.as_str())
-                            && tx.send(Ok((*event).clone())).await.is_err()
-                        {
+                        if event.key().starts_with(prefix.as_str()) && tx.send(Ok((*event).clone())).await.is_err() {
                             return;
                         }
                     }
@@ -564,12 +448,8 @@ impl Store for EmbeddedStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.read(|inner| {
-            let txn = inner
-                .db
-                .begin_read()
-                .map_err(|e| map_redb(&inner.label, "reading", e))?;
-            txn.open_table(META)
-                .map_err(|e| map_redb(&inner.label, "reading", e))?;
+            let txn = inner.db.begin_read().map_err(|e| map_redb(&inner.label, "reading", e))?;
+            txn.open_table(META).map_err(|e| map_redb(&inner.label, "reading", e))?;
             Ok(())
         })
         .await

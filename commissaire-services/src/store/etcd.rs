@@ -19,9 +19,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions,
-    Identity, KeyValue, KvClient, PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchClient,
-    WatchOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, Identity, KeyValue,
+    KvClient, PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchClient, WatchOptions,
 };
 use tokio::sync::mpsc;
 
@@ -93,12 +92,7 @@ impl std::fmt::Debug for EtcdStore {
 }
 
 fn read_pem(what: &str, path: &Path) -> Result<Vec<u8>, StoreError> {
-    std::fs::read(path).map_err(|e| {
-        StoreError::Config(format!(
-            "cannot read the etcd {what} {}: {e}",
-            path.display()
-        ))
-    })
+    std::fs::read(path).map_err(|e| StoreError::Config(format!("cannot read the etcd {what} {}: {e}", path.display())))
 }
 
 impl EtcdStore {
@@ -119,15 +113,11 @@ impl EtcdStore {
         match (&config.username, &config.password) {
             (Some(user), Some(password)) => {
                 // etcd's auth tokens expire; get a new one instead of failing.
-                options = options
-                    .with_user(user, password)
-                    .with_auto_token_refresh(true);
+                options = options.with_user(user, password).with_auto_token_refresh(true);
             }
             (None, None) => {}
             _ => {
-                return Err(StoreError::Config(
-                    "etcd username and password must be given together".into(),
-                ));
+                return Err(StoreError::Config("etcd username and password must be given together".into()));
             }
         }
 
@@ -159,11 +149,7 @@ impl EtcdStore {
         }
 
         let budget = config.connect_timeout + config.request_timeout;
-        let client = match tokio::time::timeout(
-            budget,
-            Client::connect(config.endpoints.clone(), Some(options)),
-        )
-        .await
+        let client = match tokio::time::timeout(budget, Client::connect(config.endpoints.clone(), Some(options))).await
         {
             Ok(Ok(client)) => client,
             Ok(Err(e)) => return Err(map_error(&endpoints, "connect", "", e)),
@@ -174,9 +160,7 @@ impl EtcdStore {
             }
         };
         let store = EtcdStore {
-            kv: client
-                .kv_client()
-                .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
+            kv: client.kv_client().max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
             client,
             endpoints,
             request_timeout: config.request_timeout,
@@ -223,11 +207,7 @@ async fn bounded<T>(
 }
 
 fn describe_call(op: &str, key: &str) -> String {
-    if key.is_empty() {
-        op.to_string()
-    } else {
-        format!("{op} {key}")
-    }
+    if key.is_empty() { op.to_string() } else { format!("{op} {key}") }
 }
 
 /// The message of an error followed by those of its sources ("tcp connect error: Connection
@@ -253,38 +233,26 @@ fn map_error(endpoints: &str, op: &str, key: &str, e: etcd_client::Error) -> Sto
     let what = describe_call(op, key);
     match e {
         E::GRpcStatus(status) => {
-            let msg = with_sources(
-                &status,
-                format!("etcd at {endpoints}: {what}: {}", status.message()),
-            );
+            let msg = with_sources(&status, format!("etcd at {endpoints}: {what}: {}", status.message()));
             match status.code() {
                 Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted => {
                     StoreError::Unavailable(msg)
                 }
-                Code::Unknown if status.message().contains("transport") => {
-                    StoreError::Unavailable(msg)
-                }
+                Code::Unknown if status.message().contains("transport") => StoreError::Unavailable(msg),
                 Code::PermissionDenied | Code::Unauthenticated => StoreError::Denied(msg),
                 // etcd answers bad or missing credentials with InvalidArgument.
                 _ if is_auth_failure(status.message()) => StoreError::Denied(msg),
-                Code::InvalidArgument | Code::OutOfRange | Code::ResourceExhausted => {
-                    StoreError::Invalid(msg)
-                }
+                Code::InvalidArgument | Code::OutOfRange | Code::ResourceExhausted => StoreError::Invalid(msg),
                 code => StoreError::Backend(format!("{msg} (gRPC code {code:?})")),
             }
         }
-        E::TransportError(t) => StoreError::Unavailable(with_sources(
-            &t,
-            format!("etcd at {endpoints}: {what}: transport error: {t}"),
-        )),
+        E::TransportError(t) => {
+            StoreError::Unavailable(with_sources(&t, format!("etcd at {endpoints}: {what}: transport error: {t}")))
+        }
         E::IoError(io) => StoreError::Unavailable(format!("etcd at {endpoints}: {what}: {io}")),
         E::InvalidArgs(a) => StoreError::Config(format!("etcd at {endpoints}: {what}: {a}")),
-        E::InvalidUri(u) => {
-            StoreError::Config(format!("etcd endpoint URL in {endpoints} is invalid: {u}"))
-        }
-        E::Utf8Error(u) => StoreError::Corrupt(format!(
-            "etcd at {endpoints}: {what}: a key is not UTF-8: {u}"
-        )),
+        E::InvalidUri(u) => StoreError::Config(format!("etcd endpoint URL in {endpoints} is invalid: {u}")),
+        E::Utf8Error(u) => StoreError::Corrupt(format!("etcd at {endpoints}: {what}: a key is not UTF-8: {u}")),
         other => StoreError::Backend(format!("etcd at {endpoints}: {what}: {other}")),
     }
 }
@@ -303,38 +271,25 @@ fn is_auth_failure(message: &str) -> bool {
 fn revision(raw: i64, key: &str) -> Result<Revision, StoreError> {
     match Revision::try_from(raw) {
         Ok(r) if r > 0 => Ok(r),
-        _ => Err(StoreError::Corrupt(format!(
-            "etcd returned revision {raw} for {key}"
-        ))),
+        _ => Err(StoreError::Corrupt(format!("etcd returned revision {raw} for {key}"))),
     }
 }
 
-fn header_revision(
-    header: Option<&etcd_client::ResponseHeader>,
-    key: &str,
-) -> Result<Revision, StoreError> {
+fn header_revision(header: Option<&etcd_client::ResponseHeader>, key: &str) -> Result<Revision, StoreError> {
     match header {
         Some(h) => revision(h.revision(), key),
-        None => Err(StoreError::Corrupt(format!(
-            "etcd answered a write of {key} without a header"
-        ))),
+        None => Err(StoreError::Corrupt(format!("etcd answered a write of {key} without a header"))),
     }
 }
 
 fn key_string(kv: &KeyValue) -> Result<String, StoreError> {
-    kv.key_str().map(str::to_owned).map_err(|_| {
-        StoreError::Corrupt(format!(
-            "etcd key {:?} is not UTF-8",
-            String::from_utf8_lossy(kv.key())
-        ))
-    })
+    kv.key_str()
+        .map(str::to_owned)
+        .map_err(|_| StoreError::Corrupt(format!("etcd key {:?} is not UTF-8", String::from_utf8_lossy(kv.key()))))
 }
 
 fn versioned(kv: &KeyValue, key: &str) -> Result<Versioned, StoreError> {
-    Ok(Versioned {
-        value: kv.value().to_vec(),
-        revision: revision(kv.mod_revision(), key)?,
-    })
+    Ok(Versioned { value: kv.value().to_vec(), revision: revision(kv.mod_revision(), key)? })
 }
 
 /// `Expect::Revision(r)` as etcd's i64; `None` if no key can have that revision.
@@ -343,9 +298,7 @@ fn wanted_revision(r: Revision) -> Option<i64> {
 }
 
 fn conflict(key: &str) -> StoreError {
-    StoreError::Conflict {
-        key: key.to_owned(),
-    }
+    StoreError::Conflict { key: key.to_owned() }
 }
 
 #[async_trait]
@@ -360,27 +313,13 @@ impl Store for EtcdStore {
         }
     }
 
-    async fn put(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        expect: Expect,
-    ) -> Result<(Revision, bool), StoreError> {
+    async fn put(&self, key: &str, value: Vec<u8>, expect: Expect) -> Result<(Revision, bool), StoreError> {
         check_key(key)?;
         let mut kv = self.kv();
         match expect {
             Expect::Any => {
-                let resp = self
-                    .call(
-                        "put",
-                        key,
-                        kv.put(key, value, Some(PutOptions::new().with_prev_key())),
-                    )
-                    .await?;
-                Ok((
-                    header_revision(resp.header(), key)?,
-                    resp.prev_key().is_none(),
-                ))
+                let resp = self.call("put", key, kv.put(key, value, Some(PutOptions::new().with_prev_key()))).await?;
+                Ok((header_revision(resp.header(), key)?, resp.prev_key().is_none()))
             }
             Expect::Absent | Expect::Revision(0) => {
                 let txn = Txn::new()
@@ -413,13 +352,8 @@ impl Store for EtcdStore {
         let mut kv = self.kv();
         match expect {
             Expect::Any => {
-                let mut resp = self
-                    .call(
-                        "delete",
-                        key,
-                        kv.delete(key, Some(DeleteOptions::new().with_prev_key())),
-                    )
-                    .await?;
+                let mut resp =
+                    self.call("delete", key, kv.delete(key, Some(DeleteOptions::new().with_prev_key()))).await?;
                 match resp.take_prev_kvs().first() {
                     Some(prev) => Ok(Some(versioned(prev, key)?)),
                     None => Ok(None),
@@ -427,13 +361,7 @@ impl Store for EtcdStore {
             }
             Expect::Absent | Expect::Revision(0) => {
                 // Deleting a key that must not exist: nothing to do, unless it exists.
-                let resp = self
-                    .call(
-                        "delete",
-                        key,
-                        kv.get(key, Some(GetOptions::new().with_count_only())),
-                    )
-                    .await?;
+                let resp = self.call("delete", key, kv.get(key, Some(GetOptions::new().with_count_only()))).await?;
                 if resp.count() > 0 {
                     return Err(conflict(key));
                 }
@@ -445,10 +373,7 @@ impl Store for EtcdStore {
                 };
                 let txn = Txn::new()
                     .when([Compare::mod_revision(key, CompareOp::Equal, r)])
-                    .and_then([TxnOp::delete(
-                        key,
-                        Some(DeleteOptions::new().with_prev_key()),
-                    )]);
+                    .and_then([TxnOp::delete(key, Some(DeleteOptions::new().with_prev_key()))]);
                 let resp = self.call("delete", key, kv.txn(txn)).await?;
                 if !resp.succeeded() {
                     return Err(conflict(key));
@@ -460,22 +385,14 @@ impl Store for EtcdStore {
                         return Ok(Some(versioned(prev, key)?));
                     }
                 }
-                Err(StoreError::Corrupt(format!(
-                    "etcd deleted {key} at revision {r} but returned no previous value"
-                )))
+                Err(StoreError::Corrupt(format!("etcd deleted {key} at revision {r} but returned no previous value")))
             }
         }
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
         let mut kv = self.kv();
-        let resp = self
-            .call(
-                "list",
-                prefix,
-                kv.get(prefix, Some(GetOptions::new().with_prefix())),
-            )
-            .await?;
+        let resp = self.call("list", prefix, kv.get(prefix, Some(GetOptions::new().with_prefix()))).await?;
         let mut out = Vec::with_capacity(resp.kvs().len());
         for item in resp.kvs() {
             let key = key_string(item)?;
@@ -533,10 +450,7 @@ enum Feed {
 impl Watcher {
     /// Opens an etcd watch (from `start`, or from now) and waits for etcd's "created" answer.
     /// Returns the stream and the first revision it will deliver.
-    async fn open(
-        &self,
-        start: Option<i64>,
-    ) -> Result<(etcd_client::WatchStream, i64), StoreError> {
+    async fn open(&self, start: Option<i64>) -> Result<(etcd_client::WatchStream, i64), StoreError> {
         let mut options = WatchOptions::new().with_prefix().with_prev_key();
         if let Some(start) = start {
             options = options.with_start_revision(start);
@@ -548,8 +462,7 @@ impl Watcher {
             let first = stream.message().await?;
             Ok::<_, etcd_client::Error>((stream, first))
         };
-        let (stream, first) =
-            bounded(&self.endpoints, self.timeout, "watch", &self.prefix, opened).await?;
+        let (stream, first) = bounded(&self.endpoints, self.timeout, "watch", &self.prefix, opened).await?;
         let Some(first) = first else {
             return Err(StoreError::Unavailable(format!(
                 "etcd at {}: watch {} closed before it was created",
@@ -631,12 +544,7 @@ impl Watcher {
     }
 
     /// Forwards events until the stream breaks or the consumer goes away.
-    async fn feed(
-        &self,
-        stream: &mut etcd_client::WatchStream,
-        next: &mut i64,
-        tx: &EventSender,
-    ) -> Feed {
+    async fn feed(&self, stream: &mut etcd_client::WatchStream, next: &mut i64, tx: &EventSender) -> Feed {
         loop {
             let message = tokio::select! {
                 _ = tx.closed() => return Feed::Closed,
@@ -681,16 +589,11 @@ fn convert_event(event: &etcd_client::Event) -> Result<Option<WatchEvent>, Store
     let key = key_string(kv)?;
     let rev = revision(kv.mod_revision(), &key)?;
     Ok(Some(match event.event_type() {
-        EventType::Put => WatchEvent::Put {
-            created: kv.version() == 1,
-            value: kv.value().to_vec(),
-            revision: rev,
-            key,
-        },
-        EventType::Delete => WatchEvent::Delete {
-            previous: event.prev_kv().map(|p| p.value().to_vec()),
-            revision: rev,
-            key,
-        },
+        EventType::Put => {
+            WatchEvent::Put { created: kv.version() == 1, value: kv.value().to_vec(), revision: rev, key }
+        }
+        EventType::Delete => {
+            WatchEvent::Delete { previous: event.prev_kv().map(|p| p.value().to_vec()), revision: rev, key }
+        }
     }))
 }

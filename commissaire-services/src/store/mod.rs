@@ -62,19 +62,10 @@ impl Expect {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchEvent {
     /// The key was written; `created` is true if it did not exist before this write.
-    Put {
-        key: String,
-        value: Vec<u8>,
-        revision: Revision,
-        created: bool,
-    },
+    Put { key: String, value: Vec<u8>, revision: Revision, created: bool },
     /// The key was deleted, at `revision`; `previous` is the value it had (etcd leaves it out
     /// if its history was already compacted).
-    Delete {
-        key: String,
-        previous: Option<Vec<u8>>,
-        revision: Revision,
-    },
+    Delete { key: String, previous: Option<Vec<u8>>, revision: Revision },
 }
 
 impl WatchEvent {
@@ -169,12 +160,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Writes if `expect` holds; returns the new revision and whether the key was created.
     /// A failed precondition is [`StoreError::Conflict`] (nothing written).
-    async fn put(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        expect: Expect,
-    ) -> Result<(Revision, bool), StoreError>;
+    async fn put(&self, key: &str, value: Vec<u8>, expect: Expect) -> Result<(Revision, bool), StoreError>;
 
     /// Deletes if `expect` holds; returns the previous value (`None` if the key did not exist
     /// and `expect` was `Any` or `Absent`). A failed precondition is [`StoreError::Conflict`].

@@ -57,8 +57,12 @@ impl Store for Namespaced {
             let strip = |key: String| key.strip_prefix(&namespace).map(str::to_string).unwrap_or(key);
             while let Some(item) = inner.next().await {
                 let item = item.map(|event| match event {
-                    WatchEvent::Put { key, value, revision, created } => WatchEvent::Put { key: strip(key), value, revision, created },
-                    WatchEvent::Delete { key, previous, revision } => WatchEvent::Delete { key: strip(key), previous, revision },
+                    WatchEvent::Put { key, value, revision, created } => {
+                        WatchEvent::Put { key: strip(key), value, revision, created }
+                    }
+                    WatchEvent::Delete { key, previous, revision } => {
+                        WatchEvent::Delete { key: strip(key), previous, revision }
+                    }
                 });
                 if tx.send(item).await.is_err() {
                     break;
