@@ -1,0 +1,84 @@
+//! The all-in-one mode: every service in this process on the in-process bus,
+//! state in one data directory (the embedded store, the secrets key and, when no
+//! authentication is configured, a users file with a generated admin).
+//!
+//! Only the storage service exists so far; the investigator, watcher, cluster
+//! exec and container manager services join here as they are built.
+
+use std::{
+    fs,
+    io::Write,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use anyhow::Context;
+use commissaire_core::{
+    bus::{Bus, ServeHandle, ServeOptions, memory::MemoryBus},
+    secrets::SecretsKey,
+};
+use commissaire_services::storage::{self, StorageService};
+use rand::{Rng, distributions::Alphanumeric};
+use serde_json::json;
+
+use crate::auth::{self, PluginSpec};
+
+/// The running in-process services.
+pub struct AllInOne {
+    pub bus: Arc<dyn Bus>,
+    pub services: Vec<ServeHandle>,
+    /// The authentication to use: the configured one, or the generated admin.
+    pub plugins: Vec<PluginSpec>,
+}
+
+/// Starts every service on a fresh in-process bus with its state in `data_dir`.
+pub async fn start(data_dir: &Path, configured_plugins: Vec<PluginSpec>) -> anyhow::Result<AllInOne> {
+    create_private_dir(data_dir)?;
+    let key = SecretsKey::load_or_generate(&data_dir.join("secrets.key"))?;
+    let store_path = data_dir.join("store.redb");
+    let specs = storage::handlers::parse(Some(&json!([{"type": "embedded", "path": store_path}])))?;
+    let handlers = storage::open_handlers(specs)
+        .await
+        .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
+    let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
+    let storage_service = Arc::new(StorageService::new(handlers, key, bus.clone()));
+    let services = vec![bus.serve(storage::QUEUE, storage::PATTERNS, storage_service, ServeOptions::default()).await?];
+    let plugins = if configured_plugins.is_empty() { vec![admin_identity(data_dir)?] } else { configured_plugins };
+    Ok(AllInOne { bus, services, plugins })
+}
+
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot restrict permissions of {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Basic authentication against `users.json` in the data directory, creating it
+/// with an `admin` user and a random password on first start. The password is
+/// printed once; only its bcrypt hash is kept.
+fn admin_identity(data_dir: &Path) -> anyhow::Result<PluginSpec> {
+    let users: PathBuf = data_dir.join("users.json");
+    if !users.exists() {
+        let password: String = rand::thread_rng().sample_iter(&Alphanumeric).take(24).map(char::from).collect();
+        let hash = auth::hash_password(&password)?;
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&users).with_context(|| format!("cannot create {}", users.display()))?;
+        writeln!(file, "{}", json!({"admin": {"hash": hash, "role": "read-write"}}))?;
+        file.sync_all()?;
+        println!("Created user \"admin\" with password {password}");
+        println!("(shown only this once; its bcrypt hash is in {})", users.display());
+    } else {
+        println!("Users are in {} (the admin password was printed on first start)", users.display());
+    }
+    let mut spec = PluginSpec { name: "httpbasicauth".into(), options: Default::default() };
+    spec.options.insert("filepath".into(), json!(users));
+    Ok(spec)
+}

@@ -1,0 +1,115 @@
+//! The `/api/v0` handlers: each turns a request into storage and service calls
+//! on the bus and a [`Reply`]. They know nothing of HTTP framing, TLS or
+//! authentication (see `server`), so they are tested over the in-process bus.
+//!
+//! Invariants kept here:
+//! * every input is validated before the first write, so a refused request
+//!   stores nothing;
+//! * a host belongs to at most one cluster, and membership changes use
+//!   compare-and-swap on the cluster record, so concurrent requests lose nothing;
+//! * a path parameter is never overridden by the body (a differing body value is
+//!   400);
+//! * `ssh_priv_key` leaves only through `GET /api/v0/host/{address}/creds`.
+
+mod clusters;
+mod error;
+mod hosts;
+mod named;
+mod operations;
+
+use std::{sync::Arc, time::Duration};
+
+use commissaire_core::{bus::Bus, storage_client::StorageClient};
+use hyper::StatusCode;
+use serde_json::{Map, Value};
+
+pub use error::{ApiError, service_error};
+
+/// How many times a compare-and-swap update is retried under contention.
+const CAS_ATTEMPTS: usize = 16;
+
+/// A handler's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn ok(body: Value) -> Self {
+        Self { status: StatusCode::OK, body }
+    }
+    pub fn created(body: Value) -> Self {
+        Self { status: StatusCode::CREATED, body }
+    }
+}
+
+pub type ApiResult = Result<Reply, ApiError>;
+
+/// The handlers and what they talk to.
+#[derive(Clone)]
+pub struct Api {
+    pub(crate) bus: Arc<dyn Bus>,
+    pub(crate) storage: StorageClient,
+    pub(crate) service_timeout: Duration,
+}
+
+impl Api {
+    pub fn new(bus: Arc<dyn Bus>) -> Self {
+        Self { storage: StorageClient::new(bus.clone()), bus, service_timeout: commissaire_core::bus::DEFAULT_TIMEOUT }
+    }
+
+    /// The storage client the handlers use.
+    pub fn storage_client(&self) -> &StorageClient {
+        &self.storage
+    }
+
+    /// Calls a service other than storage (container manager, cluster exec).
+    pub(crate) async fn call_service(
+        &self,
+        service: &str,
+        routing_key: &str,
+        params: Value,
+    ) -> Result<Value, ApiError> {
+        self.bus.request(routing_key, params, self.service_timeout).await.map_err(|e| service_error(service, e))
+    }
+}
+
+/// Refuses body members outside `allowed`, naming them.
+pub(crate) fn reject_unknown(body: &Map<String, Value>, allowed: &[&str]) -> Result<(), ApiError> {
+    let mut unknown: Vec<&str> = body.keys().map(String::as_str).filter(|k| !allowed.contains(k)).collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    unknown.sort_unstable();
+    Err(ApiError::bad_request(format!(
+        "unknown field{} {}; allowed: {}",
+        if unknown.len() > 1 { "s" } else { "" },
+        unknown.join(", "),
+        allowed.join(", ")
+    )))
+}
+
+/// Checks a body's copy of a path parameter: absent or equal.
+pub(crate) fn same_as_path(body: &Map<String, Value>, field: &str, path_value: &str) -> Result<(), ApiError> {
+    match body.get(field) {
+        None => Ok(()),
+        Some(Value::String(v)) if v == path_value => Ok(()),
+        Some(Value::String(v)) => {
+            Err(ApiError::bad_request(format!("{field} in the body ({v:?}) differs from the URL ({path_value:?})")))
+        }
+        Some(_) => Err(ApiError::bad_request(format!("{field} must be a string"))),
+    }
+}
+
+/// A string member of a body, if present.
+pub(crate) fn string_field(body: &Map<String, Value>, field: &str) -> Result<Option<String>, ApiError> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(ApiError::bad_request(format!("{field} must be a string"))),
+    }
+}
+
+#[cfg(test)]
+mod tests;

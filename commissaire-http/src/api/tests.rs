@@ -1,0 +1,1 @@
+//! Handler behaviour over the in-process bus and a real embedded store.

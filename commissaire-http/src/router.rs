@@ -1,0 +1,207 @@
+//! The route table of `/api/v0`: a pure function from a path to a [`Route`], and
+//! the verbs each route allows. Matching follows the original: collection and
+//! item routes take an optional trailing slash, the `creds` and operation routes
+//! do not; names are `[a-zA-Z0-9_-]+` and addresses `[a-zA-Z0-9_.-]+`. Anything
+//! else is no route (404 once authenticated).
+
+use hyper::Method;
+
+/// A cluster-wide operation's kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Deploy,
+    Upgrade,
+    Restart,
+}
+
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Deploy => "deploy",
+            Operation::Upgrade => "upgrade",
+            Operation::Restart => "restart",
+        }
+    }
+}
+
+/// A matched route with its path parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `/api/v0/hosts`
+    Hosts,
+    /// `/api/v0/host` (PUT without an address: self-registration)
+    HostSelf,
+    /// `/api/v0/host/{address}`
+    Host { address: String },
+    /// `/api/v0/host/{address}/creds`
+    HostCreds { address: String },
+    /// `/api/v0/host/{address}/status`
+    HostStatus { address: String },
+    /// `/api/v0/clusters` (and the documented alias `/api/v0/cluster/`)
+    Clusters,
+    /// `/api/v0/cluster/{name}`
+    Cluster { name: String },
+    /// `/api/v0/cluster/{name}/hosts`
+    ClusterHosts { name: String },
+    /// `/api/v0/cluster/{name}/hosts/{host}`
+    ClusterHost { name: String, host: String },
+    /// `/api/v0/cluster/{name}/deploy|upgrade|restart`
+    ClusterOperation { name: String, operation: Operation },
+    /// `/api/v0/networks`
+    Networks,
+    /// `/api/v0/network/{name}`
+    Network { name: String },
+    /// `/api/v0/containermanagers`
+    ContainerManagers,
+    /// `/api/v0/containermanager/{name}`
+    ContainerManager { name: String },
+}
+
+impl Route {
+    /// The verbs this route answers (HEAD is not served).
+    pub fn allowed(&self) -> &'static [Method] {
+        const GET: &[Method] = &[Method::GET];
+        const GET_PUT: &[Method] = &[Method::GET, Method::PUT];
+        const GET_PUT_DELETE: &[Method] = &[Method::GET, Method::PUT, Method::DELETE];
+        const PUT: &[Method] = &[Method::PUT];
+        match self {
+            Route::Hosts | Route::Clusters | Route::Networks | Route::ContainerManagers => GET,
+            Route::HostSelf => PUT,
+            Route::HostCreds { .. } | Route::HostStatus { .. } => GET,
+            Route::ClusterHosts { .. } | Route::ClusterOperation { .. } => GET_PUT,
+            Route::Host { .. }
+            | Route::Cluster { .. }
+            | Route::ClusterHost { .. }
+            | Route::Network { .. }
+            | Route::ContainerManager { .. } => GET_PUT_DELETE,
+        }
+    }
+
+    /// A stable name for the route (metrics labels, logs): never a parameter.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Route::Hosts => "hosts",
+            Route::HostSelf => "host_self",
+            Route::Host { .. } => "host",
+            Route::HostCreds { .. } => "host_creds",
+            Route::HostStatus { .. } => "host_status",
+            Route::Clusters => "clusters",
+            Route::Cluster { .. } => "cluster",
+            Route::ClusterHosts { .. } => "cluster_hosts",
+            Route::ClusterHost { .. } => "cluster_host",
+            Route::ClusterOperation { operation: Operation::Deploy, .. } => "cluster_deploy",
+            Route::ClusterOperation { operation: Operation::Upgrade, .. } => "cluster_upgrade",
+            Route::ClusterOperation { operation: Operation::Restart, .. } => "cluster_restart",
+            Route::Networks => "networks",
+            Route::Network { .. } => "network",
+            Route::ContainerManagers => "container_managers",
+            Route::ContainerManager { .. } => "container_manager",
+        }
+    }
+
+    /// Whether the route hands out secrets (read-only identities never see them).
+    pub fn is_secret(&self) -> bool {
+        matches!(self, Route::HostCreds { .. })
+    }
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn is_address(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+/// Matches a request path (without the query string).
+pub fn resolve(path: &str) -> Option<Route> {
+    let rest = path.strip_prefix("/api/v0/")?;
+    let trailing = rest.ends_with('/');
+    let trimmed = rest.strip_suffix('/').unwrap_or(rest);
+    let parts: Vec<&str> = trimmed.split('/').collect();
+    // Routes that refuse a trailing slash.
+    let strict = |route: Route| if trailing { None } else { Some(route) };
+    let name = |s: &str| is_name(s).then(|| s.to_string());
+    let address = |s: &str| is_address(s).then(|| s.to_string());
+    match parts.as_slice() {
+        ["hosts"] => Some(Route::Hosts),
+        ["host"] => Some(Route::HostSelf),
+        ["host", a] => Some(Route::Host { address: address(a)? }),
+        ["host", a, "creds"] => strict(Route::HostCreds { address: address(a)? }),
+        ["host", a, "status"] => Some(Route::HostStatus { address: address(a)? }),
+        ["clusters"] => Some(Route::Clusters),
+        // `/api/v0/cluster/` was documented as the list.
+        ["cluster"] if trailing => Some(Route::Clusters),
+        ["cluster", n] => Some(Route::Cluster { name: name(n)? }),
+        ["cluster", n, "hosts"] => Some(Route::ClusterHosts { name: name(n)? }),
+        ["cluster", n, "hosts", h] => Some(Route::ClusterHost { name: name(n)?, host: address(h)? }),
+        ["cluster", n, op] => {
+            let operation = match *op {
+                "deploy" => Operation::Deploy,
+                "upgrade" => Operation::Upgrade,
+                "restart" => Operation::Restart,
+                _ => return None,
+            };
+            strict(Route::ClusterOperation { name: name(n)?, operation })
+        }
+        ["networks"] => Some(Route::Networks),
+        ["network", n] => Some(Route::Network { name: name(n)? }),
+        ["containermanagers"] => Some(Route::ContainerManagers),
+        ["containermanager", n] => Some(Route::ContainerManager { name: name(n)? }),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collections_and_items_take_an_optional_slash() {
+        assert_eq!(resolve("/api/v0/hosts"), Some(Route::Hosts));
+        assert_eq!(resolve("/api/v0/hosts/"), Some(Route::Hosts));
+        assert_eq!(resolve("/api/v0/host/10.0.0.1/"), Some(Route::Host { address: "10.0.0.1".into() }));
+        assert_eq!(resolve("/api/v0/cluster/"), Some(Route::Clusters));
+        assert_eq!(resolve("/api/v0/host"), Some(Route::HostSelf));
+        assert_eq!(resolve("/api/v0/host/"), Some(Route::HostSelf));
+    }
+
+    #[test]
+    fn creds_and_operations_refuse_a_trailing_slash() {
+        assert_eq!(resolve("/api/v0/host/h1/creds"), Some(Route::HostCreds { address: "h1".into() }));
+        assert_eq!(resolve("/api/v0/host/h1/creds/"), None);
+        assert_eq!(
+            resolve("/api/v0/cluster/c1/restart"),
+            Some(Route::ClusterOperation { name: "c1".into(), operation: Operation::Restart })
+        );
+        assert_eq!(resolve("/api/v0/cluster/c1/restart/"), None);
+        assert_eq!(resolve("/api/v0/cluster/c1/reboot"), None);
+    }
+
+    #[test]
+    fn parameters_follow_the_patterns() {
+        assert_eq!(resolve("/api/v0/cluster/a.b"), None, "no dots in names");
+        assert_eq!(resolve("/api/v0/host/a%20b"), None);
+        assert_eq!(resolve("/api/v0/host/a;b"), None);
+        assert_eq!(resolve("/api/v0/host/"), Some(Route::HostSelf));
+        assert_eq!(resolve("/api/v0/cluster//hosts"), None);
+        assert_eq!(resolve(&format!("/api/v0/cluster/{}", "x".repeat(300))), None);
+        assert_eq!(
+            resolve("/api/v0/cluster/c1/hosts/10.0.0.1"),
+            Some(Route::ClusterHost { name: "c1".into(), host: "10.0.0.1".into() })
+        );
+        assert_eq!(resolve("/api/v1/hosts"), None);
+        assert_eq!(resolve("/api/v0/"), None);
+    }
+
+    #[test]
+    fn verbs_per_route() {
+        assert_eq!(Route::Hosts.allowed(), &[Method::GET]);
+        assert_eq!(Route::HostSelf.allowed(), &[Method::PUT]);
+        assert!(Route::Cluster { name: "c".into() }.allowed().contains(&Method::DELETE));
+        assert!(!Route::ClusterHosts { name: "c".into() }.allowed().contains(&Method::DELETE));
+        assert!(Route::HostCreds { address: "h".into() }.is_secret());
+    }
+}
