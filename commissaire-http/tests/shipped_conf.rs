@@ -1,0 +1,49 @@
+//! The configuration files shipped in `conf/` parse and do what their README says.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use base64::Engine;
+use clap::Parser;
+use commissaire_http::{
+    auth::{Authenticator, Credentials, Outcome, PluginSpec, Role},
+    settings::Flags,
+};
+use serde_json::json;
+
+const CONF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../conf");
+
+#[tokio::test]
+async fn development_user_a_logs_in_with_password_a() {
+    let spec = PluginSpec {
+        name: "httpbasicauth".into(),
+        options: json!({"filepath": format!("{CONF}/users.json")}).as_object().cloned().expect("object"),
+    };
+    let auth = Authenticator::new(vec![spec]).expect("users.json loads");
+    let header = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("a:a"));
+    let creds = Credentials { authorization: Some(&header), client_cert_cn: None, peer: IpAddr::V4(Ipv4Addr::LOCALHOST) };
+    match auth.authenticate(&creds).await {
+        Outcome::Authenticated(identity) => {
+            assert_eq!(identity.name, "a");
+            assert_eq!(identity.role, Role::ReadWrite);
+        }
+        _ => panic!("the development user a/a must log in"),
+    }
+}
+
+#[test]
+fn server_configuration_parses() {
+    let flags = Flags::parse_from(["commissaire-server", "-c", &format!("{CONF}/commissaire.conf")]);
+    let settings = flags.resolve().expect("commissaire.conf resolves");
+    assert_eq!(settings.listen.to_string(), "127.0.0.1:8000");
+    assert_eq!(settings.plugins.len(), 1);
+    assert_eq!(settings.plugins[0].options["filepath"], "/etc/commissaire/users.json");
+}
+
+#[test]
+fn storage_configurations_parse() {
+    for file in ["storage.conf", "storage-embedded.conf"] {
+        let text = std::fs::read_to_string(format!("{CONF}/{file}")).expect("read");
+        let config = commissaire_core::config::parse(&text, file).expect("json object");
+        commissaire_services::storage::handlers::parse(config.get("storage_handlers")).expect("handlers");
+    }
+}
