@@ -2,8 +2,8 @@
 //! state in one data directory (the embedded store, the secrets key and, when no
 //! authentication is configured, a users file with a generated admin).
 //!
-//! Only the storage service exists so far; the investigator, watcher, cluster
-//! exec and container manager services join here as they are built.
+//! The storage and container manager services run here so far; the
+//! investigator, watcher and cluster exec services join as they are built.
 
 use std::{
     fs,
@@ -17,7 +17,10 @@ use commissaire_core::{
     bus::{Bus, ServeHandle, ServeOptions, memory::MemoryBus},
     secrets::SecretsKey,
 };
-use commissaire_services::storage::{self, StorageService};
+use commissaire_services::{
+    containermgr::{self, ContainerManagerService},
+    storage::{self, StorageService},
+};
 use rand::{Rng, distributions::Alphanumeric};
 use serde_json::json;
 
@@ -42,7 +45,11 @@ pub async fn start(data_dir: &Path, configured_plugins: Vec<PluginSpec>) -> anyh
         .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
     let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
     let storage_service = Arc::new(StorageService::new(handlers, key, bus.clone()));
-    let services = vec![bus.serve(storage::QUEUE, storage::PATTERNS, storage_service, ServeOptions::default()).await?];
+    let containermgr_service = Arc::new(ContainerManagerService::new(bus.clone()));
+    let services = vec![
+        bus.serve(storage::QUEUE, storage::PATTERNS, storage_service, ServeOptions::default()).await?,
+        bus.serve(containermgr::QUEUE, containermgr::PATTERNS, containermgr_service, ServeOptions::default()).await?,
+    ];
     let plugins = if configured_plugins.is_empty() { vec![admin_identity(data_dir)?] } else { configured_plugins };
     Ok(AllInOne { bus, services, plugins })
 }

@@ -20,7 +20,8 @@ async fn development_user_a_logs_in_with_password_a() {
     };
     let auth = Authenticator::new(vec![spec]).expect("users.json loads");
     let header = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("a:a"));
-    let creds = Credentials { authorization: Some(&header), client_cert_cn: None, peer: IpAddr::V4(Ipv4Addr::LOCALHOST) };
+    let creds =
+        Credentials { authorization: Some(&header), client_cert_cn: None, peer: IpAddr::V4(Ipv4Addr::LOCALHOST) };
     match auth.authenticate(&creds).await {
         Outcome::Authenticated(identity) => {
             assert_eq!(identity.name, "a");

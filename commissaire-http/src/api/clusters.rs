@@ -148,15 +148,23 @@ impl Api {
             joining.push(host);
         }
         let mut cluster = current.model;
+        // Register first: a manager that refuses leaves the members untouched.
+        self.register_nodes(&cluster, &added).await?;
         cluster.hostset = new.into_iter().collect();
-        let saved = self.storage.save_if(&cluster, current.revision).await.map_err(|e| match e {
-            commissaire_core::storage_client::StorageError::Conflict(_) => {
-                ApiError::conflict(format!("the members of cluster {name} changed meanwhile; read them again"))
+        let saved = match self.storage.save_if(&cluster, current.revision).await {
+            Ok(saved) => saved,
+            Err(err) => {
+                self.remove_nodes(&cluster, &added).await;
+                return Err(match err {
+                    commissaire_core::storage_client::StorageError::Conflict(_) => {
+                        ApiError::conflict(format!("the members of cluster {name} changed meanwhile; read them again"))
+                    }
+                    other => other.into(),
+                });
             }
-            other => other.into(),
-        })?;
+        };
         for host in joining {
-            self.register_member(&saved, host).await?;
+            self.mark_joined(&saved, host).await?;
         }
         for address in removed {
             self.unregister_member(&saved, &address).await;
@@ -172,8 +180,16 @@ impl Api {
             return Ok(Reply::ok(json!([address])));
         }
         check_ready(&host, name)?;
-        let cluster = self.join_cluster(name, address).await?;
-        self.register_member(&cluster, host).await?;
+        let joining = [address.to_string()];
+        self.register_nodes(&cluster, &joining).await?;
+        let cluster = match self.join_cluster(name, address).await {
+            Ok(cluster) => cluster,
+            Err(err) => {
+                self.remove_nodes(&cluster, &joining).await;
+                return Err(err);
+            }
+        };
+        self.mark_joined(&cluster, host).await?;
         Ok(Reply::ok(json!([address])))
     }
 
@@ -186,19 +202,43 @@ impl Api {
         Ok(Reply::ok(json!([])))
     }
 
-    /// A host that joined a cluster: registered with its container manager,
-    /// `active` when registered, `disassociated` when the cluster is unmanaged.
-    async fn register_member(&self, cluster: &Cluster, mut host: Host) -> Result<(), ApiError> {
-        host.status = "disassociated".into();
-        if !cluster.container_manager.is_empty() {
-            self.call_service(
-                "containermgr",
-                "container.register_node",
-                json!([cluster.container_manager, host.address]),
-            )
-            .await?;
-            host.status = "active".into();
+    /// Registers hosts with the cluster's container manager (if it has one); on
+    /// a refusal, the ones already registered are removed again.
+    async fn register_nodes(&self, cluster: &Cluster, addresses: &[String]) -> Result<(), ApiError> {
+        if cluster.container_manager.is_empty() {
+            return Ok(());
         }
+        for (done, address) in addresses.iter().enumerate() {
+            let registered = self
+                .call_service("containermgr", "container.register_node", json!([cluster.container_manager, address]))
+                .await;
+            if let Err(err) = registered {
+                self.remove_nodes(cluster, &addresses[..done]).await;
+                return Err(err);
+            }
+        }
+        Ok(())
+    }
+
+    /// Best-effort removal of nodes from the cluster's container manager.
+    pub(crate) async fn remove_nodes(&self, cluster: &Cluster, addresses: &[String]) {
+        if cluster.container_manager.is_empty() {
+            return;
+        }
+        for address in addresses {
+            if let Err(err) = self
+                .call_service("containermgr", "container.remove_node", json!([cluster.container_manager, address]))
+                .await
+            {
+                tracing::warn!(%address, cluster = %cluster.name, error = %err.message, "could not remove the node from the container manager");
+            }
+        }
+    }
+
+    /// A host that joined a cluster: `active` when the cluster has a container
+    /// manager (it was registered), `disassociated` when it is unmanaged.
+    async fn mark_joined(&self, cluster: &Cluster, mut host: Host) -> Result<(), ApiError> {
+        host.status = if cluster.container_manager.is_empty() { "disassociated" } else { "active" }.into();
         self.storage.save(&host).await?;
         Ok(())
     }
@@ -206,13 +246,7 @@ impl Api {
     /// A host that left a cluster: removed from its container manager, and no
     /// longer `active` anywhere.
     async fn unregister_member(&self, cluster: &Cluster, address: &str) {
-        if !cluster.container_manager.is_empty()
-            && let Err(err) = self
-                .call_service("containermgr", "container.remove_node", json!([cluster.container_manager, address]))
-                .await
-        {
-            tracing::warn!(%address, cluster = %cluster.name, error = %err.message, "could not remove the node from the container manager");
-        }
+        self.remove_nodes(cluster, &[address.to_string()]).await;
         let demoted = self
             .storage
             .update::<Host, _, ApiError>(address, CAS_ATTEMPTS, |host| {

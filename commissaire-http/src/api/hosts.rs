@@ -214,13 +214,7 @@ impl Api {
             if let Err(err) = self.leave_cluster(&cluster.name, address).await {
                 tracing::warn!(%address, cluster = %cluster.name, error = %err.message, "could not remove deleted host from its cluster");
             }
-            if !cluster.container_manager.is_empty()
-                && let Err(err) = self
-                    .call_service("containermgr", "container.remove_node", json!([cluster.container_manager, address]))
-                    .await
-            {
-                tracing::warn!(%address, error = %err.message, "could not remove the node from the container manager");
-            }
+            self.remove_nodes(&cluster, &[address.to_string()]).await;
         }
         tracing::info!(%address, "host deleted");
         Ok(Reply::ok(json!([])))

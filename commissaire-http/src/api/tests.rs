@@ -8,7 +8,10 @@ use commissaire_core::{
     model::{ClusterRestart, Model, Network},
     secrets::SecretsKey,
 };
-use commissaire_services::storage::{self, StorageService};
+use commissaire_services::{
+    containermgr::{self, ContainerManagerService},
+    storage::{self, StorageService},
+};
 use hyper::StatusCode;
 use serde_json::{Map, Value, json};
 
@@ -30,6 +33,12 @@ async fn fixture() -> Fixture {
     let service = Arc::new(StorageService::new(handlers, key, bus.clone()));
     std::mem::forget(
         bus.serve(storage::QUEUE, storage::PATTERNS, service, ServeOptions::default()).await.expect("serve"),
+    );
+    let containermgr = Arc::new(ContainerManagerService::new(bus.clone()));
+    std::mem::forget(
+        bus.serve(containermgr::QUEUE, containermgr::PATTERNS, containermgr, ServeOptions::default())
+            .await
+            .expect("serve"),
     );
     let api = Api::new(bus.clone());
     api.storage.save(&Network::new("default")).await.expect("default network");
@@ -246,4 +255,36 @@ async fn named_records_are_created_idempotently() {
         status(fx.api.put_network("n", &body(json!({"type": "flanneld_service"}))).await),
         StatusCode::BAD_REQUEST
     );
+}
+
+#[tokio::test]
+async fn managed_clusters_register_members_and_a_refusing_manager_stores_nothing() {
+    let fx = fixture().await;
+    fx.api.put_container_manager("triv", &body(json!({"type": "trivial"}))).await.expect("trivial");
+    fx.api
+        .put_container_manager(
+            "k8s",
+            &body(json!({"type": "kubernetes", "options": {"server_url": "https://k8s.invalid:6443"}})),
+        )
+        .await
+        .expect("kubernetes");
+    fx.api.put_cluster("managed", &body(json!({"container_manager": "triv"}))).await.expect("cluster");
+    fx.api.put_cluster("refusing", &body(json!({"container_manager": "k8s"}))).await.expect("cluster");
+    fx.api.put_host(Some("10.6.0.1"), CLIENT, &body(json!({"status": "disassociated"}))).await.expect("host");
+
+    assert_eq!(fx.api.put_cluster_member("managed", "10.6.0.1").await.expect("join").body, json!(["10.6.0.1"]));
+    assert_eq!(fx.api.get_host("10.6.0.1").await.expect("host").body["status"], "active");
+    let view = fx.api.get_host_status("10.6.0.1").await.expect("status").body;
+    assert_eq!(view["container_manager"], json!({"node": "10.6.0.1", "status": "ok"}));
+
+    // Leaving demotes it; a manager that refuses keeps it out of the cluster.
+    fx.api.delete_cluster_member("managed", "10.6.0.1").await.expect("leave");
+    assert_eq!(fx.api.get_host("10.6.0.1").await.expect("host").body["status"], "disassociated");
+    assert_eq!(fx.api.get_host_status("10.6.0.1").await.expect("status").body["container_manager"], json!({}));
+    let refused = fx.api.put_cluster_member("refusing", "10.6.0.1").await;
+    assert_eq!(status(refused), StatusCode::BAD_GATEWAY);
+    assert_eq!(fx.api.list_cluster_members("refusing").await.expect("members").body, json!([]));
+    let refused = fx.api.put_cluster_members("refusing", &body(json!({"old": [], "new": ["10.6.0.1"]}))).await;
+    assert_eq!(status(refused), StatusCode::BAD_GATEWAY);
+    assert_eq!(fx.api.list_cluster_members("refusing").await.expect("members").body, json!([]));
 }
