@@ -41,6 +41,13 @@ fn server_configuration_parses() {
 }
 
 #[test]
+fn service_configurations_parse() {
+    let text = std::fs::read_to_string(format!("{CONF}/containermgr.conf")).expect("read");
+    let config = commissaire_core::config::parse(&text, "containermgr.conf").expect("json object");
+    assert!(config["bus_uri"].is_string());
+}
+
+#[test]
 fn storage_configurations_parse() {
     for file in ["storage.conf", "storage-embedded.conf"] {
         let text = std::fs::read_to_string(format!("{CONF}/{file}")).expect("read");
