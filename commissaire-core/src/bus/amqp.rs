@@ -662,11 +662,7 @@ impl Bus for AmqpBus {
         tokio::time::timeout(timeout, link.publish(&self.shared.exchange, routing_key, &body, properties))
             .await
             .map_err(|_| timed_out())??;
-        guard.wait(routing_key, timeout.saturating_sub(started.elapsed())).await.map_err(|err| match err {
-            // Report the caller's timeout, not what was left of it.
-            BusError::Timeout { .. } => timed_out(),
-            other => other,
-        })
+        guard.wait_rest(routing_key, started, timeout).await
     }
 
     async fn publish(&self, routing_key: &str, body: &Value) -> Result<(), BusError> {

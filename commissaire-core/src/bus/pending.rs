@@ -2,7 +2,11 @@
 //! routes reply messages here; a reply for an id nobody waits for any more (the
 //! caller timed out) is dropped.
 
-use std::{collections::HashMap, sync::Mutex, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -23,6 +27,16 @@ pub struct PendingGuard<'a> {
 }
 
 impl PendingGuard<'_> {
+    /// Waits for what is left of a caller's `timeout`, begun at `started` (the
+    /// time spent publishing is not waited again); a timeout reports the caller's
+    /// whole `timeout`.
+    pub async fn wait_rest(self, routing_key: &str, started: Instant, timeout: Duration) -> Result<Value, BusError> {
+        self.wait(routing_key, timeout.saturating_sub(started.elapsed())).await.map_err(|err| match err {
+            BusError::Timeout { .. } => BusError::Timeout { routing_key: routing_key.to_string(), timeout },
+            other => other,
+        })
+    }
+
     /// Waits for the reply to the request sent with `routing_key`: its outcome, a
     /// transport error if the backend gave up on it, or a timeout.
     pub async fn wait(mut self, routing_key: &str, timeout: Duration) -> Result<Value, BusError> {

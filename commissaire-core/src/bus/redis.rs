@@ -734,11 +734,7 @@ impl Bus for RedisBus {
         tokio::time::timeout(timeout, self.shared.route(routing_key, &body, Some((&self.shared.reply_key, deadline))))
             .await
             .map_err(|_| timed_out())??;
-        guard.wait(routing_key, timeout.saturating_sub(started.elapsed())).await.map_err(|err| match err {
-            // Report the caller's timeout, not what was left of it.
-            BusError::Timeout { .. } => timed_out(),
-            other => other,
-        })
+        guard.wait_rest(routing_key, started, timeout).await
     }
 
     async fn publish(&self, routing_key: &str, body: &Value) -> Result<(), BusError> {
