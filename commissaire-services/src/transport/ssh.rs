@@ -318,6 +318,12 @@ impl SshTransport {
         self.inner.peak.load(Ordering::SeqCst)
     }
 
+    /// Connections currently cached (open, or being opened or used right now).
+    pub fn cached_connections(&self) -> usize {
+        let conns = self.inner.conns.lock().unwrap_or_else(|e| e.into_inner());
+        conns.values().filter(|slot| slot.try_lock().map(|c| c.is_some()).unwrap_or(true)).count()
+    }
+
     /// Run `command` on `target`. A non-zero exit status is not an error: see
     /// [`CommandOutput::exit_status`].
     pub async fn run(&self, target: &HostTarget, command: &Command) -> Result<CommandOutput, TransportError> {
