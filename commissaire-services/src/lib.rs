@@ -6,3 +6,4 @@ pub mod containermgr;
 pub mod runner;
 pub mod storage;
 pub mod store;
+pub mod transport;
