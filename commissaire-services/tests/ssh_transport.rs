@@ -315,8 +315,9 @@ fn max_overlap(log: &Path) -> (i64, i64) {
 #[tokio::test]
 async fn a_command_that_runs_too_long_times_out_and_the_connection_stays_usable() {
     let tb = testbed();
-    let ssh = SshTransport::new(SshConfig { command_timeout: Duration::from_millis(500), ..fast_config() });
-    let err = ssh.run(&tb.target(2, "root"), &Command::new("sleep").arg("5")).await.expect_err("timeout");
+    // Generous enough that `echo` fits even on a loaded machine, far below the sleep.
+    let ssh = SshTransport::new(SshConfig { command_timeout: Duration::from_secs(3), ..fast_config() });
+    let err = ssh.run(&tb.target(2, "root"), &Command::new("sleep").arg("20")).await.expect_err("timeout");
     assert!(matches!(err, TransportError::CommandTimedOut { .. }), "{err:?}");
     let out = ssh.run(&tb.target(2, "root"), &Command::new("echo").arg("ok")).await.expect("after timeout");
     assert_eq!(out.stdout, "ok\n");
