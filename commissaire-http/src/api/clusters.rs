@@ -155,12 +155,22 @@ impl Api {
             }
             other => other.into(),
         })?;
+        // A host added to another cluster at the same time is left out again.
+        let added: Vec<String> = joining.iter().map(|h| h.address.clone()).collect();
+        let contested = if added.is_empty() { Ok(()) } else { self.back_off_if_contested(name, &added).await };
+        let mut saved = saved;
+        if contested.is_err() {
+            saved = self.storage.get::<Cluster>(name).await?;
+        }
         for host in joining {
-            self.register_member(&saved, host).await?;
+            if saved.hostset.contains(&host.address) {
+                self.register_member(&saved, host).await?;
+            }
         }
         for address in removed {
             self.unregister_member(&saved, &address).await;
         }
+        contested?;
         Ok(Reply::ok(saved.to_full_json()))
     }
 
@@ -172,7 +182,7 @@ impl Api {
             return Ok(Reply::ok(json!([address])));
         }
         check_ready(&host, name)?;
-        let cluster = self.join_cluster(name, address).await?;
+        let (cluster, _) = self.join_cluster(name, address).await?;
         self.register_member(&cluster, host).await?;
         Ok(Reply::ok(json!([address])))
     }
