@@ -163,12 +163,23 @@ impl Api {
                 });
             }
         };
+        // A host added to another cluster at the same time is left out again.
+        let contested = if added.is_empty() { Ok(()) } else { self.back_off_if_contested(name, &added).await };
+        let mut saved = saved;
+        if contested.is_err() {
+            saved = self.storage.get::<Cluster>(name).await?;
+            let backed_out: Vec<String> = added.iter().filter(|a| !saved.hostset.contains(*a)).cloned().collect();
+            self.remove_nodes(&saved, &backed_out).await;
+        }
         for host in joining {
-            self.mark_joined(&saved, host).await?;
+            if saved.hostset.contains(&host.address) {
+                self.mark_joined(&saved, host).await?;
+            }
         }
         for address in removed {
             self.unregister_member(&saved, &address).await;
         }
+        contested?;
         Ok(Reply::ok(saved.to_full_json()))
     }
 
@@ -183,7 +194,7 @@ impl Api {
         let joining = [address.to_string()];
         self.register_nodes(&cluster, &joining).await?;
         let cluster = match self.join_cluster(name, address).await {
-            Ok(cluster) => cluster,
+            Ok((cluster, _)) => cluster,
             Err(err) => {
                 self.remove_nodes(&cluster, &joining).await;
                 return Err(err);

@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use commissaire_core::{
     jsonrpc,
     model::{Cluster, Host, HostCreds, HostStatus, Model, Unknown},
+    storage_client::StorageError,
 };
 use serde_json::{Map, Value, json};
 
@@ -114,10 +115,13 @@ impl Api {
             ),
             None => None,
         };
+        // The host record is written after its credentials and membership (see
+        // below), so it is read before them.
+        let existing = self.storage.find::<Host>(&address).await?;
         let current_cluster = self.cluster_of(&address).await?;
 
         // An existing host is re-created idempotently when nothing differs.
-        if let Some(existing) = self.storage.find::<Host>(&address).await? {
+        if let Some(existing) = existing {
             let stored_creds = self.storage.find::<HostCreds>(&address).await?;
             let same_key = stored_creds.as_ref().is_some_and(|c| c.ssh_priv_key == creds.ssh_priv_key);
             if !same_key {
@@ -136,25 +140,44 @@ impl Api {
             return Err(ApiError::conflict(format!("host {address} is a member of cluster {}", current.name)));
         }
 
-        self.storage.save(&creds).await?;
-        let saved = match self.storage.save_if(&host, 0).await {
-            Ok(saved) => saved,
-            Err(err) => {
-                // Someone created it first: undo our credentials unless they are theirs too.
-                let _ = self.storage.delete::<HostCreds>(&address).await;
-                return Err(err.into());
+        // Another client may be adding the same host at this moment. The
+        // credentials are created only where there are none (so of clients with
+        // different keys one wins), then the membership, and the host record last:
+        // whoever sees the host sees its credentials and its cluster.
+        let created_creds = match self.storage.save_if(&creds, 0).await {
+            Ok(_) => true,
+            Err(StorageError::Conflict(_)) => {
+                let stored = self.storage.find::<HostCreds>(&address).await?;
+                if stored.is_none_or(|c| c.ssh_priv_key != creds.ssh_priv_key) {
+                    return Err(ApiError::conflict(format!("host {address} already exists with other credentials")));
+                }
+                false
             }
+            Err(err) => return Err(err.into()),
         };
-        let cluster_data = match &cluster {
+        let (cluster_data, added) = match &cluster {
             Some(cluster) => match self.join_cluster(&cluster.name, &address).await {
-                Ok(joined) => joined.to_full_json(),
+                Ok((joined, added)) => (joined.to_full_json(), added),
                 Err(err) => {
-                    let _ = self.storage.delete::<Host>(&address).await;
-                    let _ = self.storage.delete::<HostCreds>(&address).await;
+                    self.undo_host_creds(&address, created_creds).await;
                     return Err(err);
                 }
             },
-            None => json!({}),
+            None => (json!({}), false),
+        };
+        let saved = match self.storage.save_if(&host, 0).await {
+            Ok(saved) => saved,
+            // Created at the same time with the same key: a re-create.
+            Err(StorageError::Conflict(_)) => {
+                return Ok(Reply::created(self.storage.get::<Host>(&address).await?.to_safe_json()));
+            }
+            Err(err) => {
+                if added && let Some(cluster) = &cluster {
+                    let _ = self.leave_cluster(&cluster.name, &address).await;
+                }
+                self.undo_host_creds(&address, created_creds).await;
+                return Err(err.into());
+            }
         };
         let notification =
             jsonrpc::Request::new(None, "investigate", json!({"address": address, "cluster_data": cluster_data}));
@@ -168,23 +191,62 @@ impl Api {
         Ok(Reply::created(saved.to_safe_json()))
     }
 
+    /// Removes the credentials a failed host creation stored, unless a host
+    /// record now uses them (a client adding the same host with the same key).
+    async fn undo_host_creds(&self, address: &str, created: bool) {
+        if created && matches!(self.storage.find::<Host>(address).await, Ok(None)) {
+            let _ = self.storage.delete::<HostCreds>(address).await;
+        }
+    }
+
     /// Adds `address` to the cluster's member list (compare-and-swap), refusing
-    /// when another cluster has it.
-    pub(crate) async fn join_cluster(&self, name: &str, address: &str) -> Result<Cluster, ApiError> {
+    /// when another cluster has it. Returns the cluster and whether this call
+    /// added the host (false: it was a member already).
+    pub(crate) async fn join_cluster(&self, name: &str, address: &str) -> Result<(Cluster, bool), ApiError> {
         if let Some(other) = self.cluster_of(address).await?
             && other.name != name
         {
             return Err(ApiError::conflict(format!("host {address} is a member of cluster {}", other.name)));
         }
-        self.storage
+        let mut added = false;
+        let joined = self
+            .storage
             .update::<Cluster, _, ApiError>(name, CAS_ATTEMPTS, |cluster| {
-                if cluster.hostset.iter().any(|h| h == address) {
-                    return Ok(false);
+                added = !cluster.hostset.iter().any(|h| h == address);
+                if added {
+                    cluster.hostset.push(address.to_string());
                 }
-                cluster.hostset.push(address.to_string());
-                Ok(true)
+                Ok(added)
             })
-            .await?
+            .await??;
+        if added {
+            self.back_off_if_contested(name, &[address.to_string()]).await?;
+        }
+        Ok((joined, added))
+    }
+
+    /// Called after `addresses` were added to cluster `name`: the check before
+    /// that write cannot see a request adding the same host to another cluster at
+    /// the same time, so look again. A host that is in another cluster too is
+    /// taken out of this one again and the request is refused (409). Of two such
+    /// requests at most one keeps the host: whichever reads second sees both.
+    pub(crate) async fn back_off_if_contested(&self, name: &str, addresses: &[String]) -> Result<(), ApiError> {
+        let clusters = self.storage.list::<Cluster>().await?;
+        let contested: Vec<&String> =
+            addresses.iter().filter(|a| clusters.iter().any(|c| c.name != name && c.hostset.contains(*a))).collect();
+        if contested.is_empty() {
+            return Ok(());
+        }
+        for address in &contested {
+            if let Err(err) = self.leave_cluster(name, address).await {
+                tracing::error!(%address, cluster = %name, error = %err.message, "could not back out of a contested membership");
+            }
+        }
+        let list: Vec<&str> = contested.iter().map(|a| a.as_str()).collect();
+        Err(ApiError::conflict(format!(
+            "host {} joined another cluster at the same time and was not added to cluster {name}",
+            list.join(", ")
+        )))
     }
 
     /// Removes `address` from the cluster's member list; whether it was a member.
@@ -205,7 +267,7 @@ impl Api {
         let cluster = self.cluster_of(address).await?;
         self.storage.delete::<Host>(address).await?;
         match self.storage.delete::<HostCreds>(address).await {
-            Ok(()) | Err(commissaire_core::storage_client::StorageError::NotFound { .. }) => {}
+            Ok(()) | Err(StorageError::NotFound { .. }) => {}
             Err(err) => tracing::warn!(%address, error = %err, "could not delete host credentials"),
         }
         if let Some(cluster) = cluster {

@@ -1,0 +1,60 @@
+Feature: Cluster operations
+  Deploy, upgrade and restart run on a whole cluster; their records say how far
+  they got. (Starting one needs the cluster exec service, which these scenarios
+  do not run: they cover reading records and refusing bad requests.)
+
+  Scenario Outline: A cluster without a <operation> record
+    Given I have created /api/v0/cluster/$cluster
+    When I GET /api/v0/cluster/$cluster/<operation>
+    Then the response status is 404
+    And the error message mentions "<operation>"
+
+    Examples:
+      | operation |
+      | deploy    |
+      | upgrade   |
+      | restart   |
+
+  Scenario Outline: No <operation> on a cluster that does not exist
+    When I PUT /api/v0/cluster/$missing/<operation>
+    Then the response status is 404
+    And the error message mentions "$missing"
+    When I GET /api/v0/cluster/$missing/<operation>
+    Then the response status is 404
+
+    Examples:
+      | operation |
+      | upgrade   |
+      | restart   |
+
+  Scenario: A deploy needs the version to deploy
+    Given I have created /api/v0/cluster/$cluster
+    When I PUT /api/v0/cluster/$cluster/deploy
+    Then the response status is 400
+    And the error message mentions "version"
+    When I PUT /api/v0/cluster/$cluster/deploy with:
+      """
+      {"version": ""}
+      """
+    Then the response status is 400
+    And the error message mentions "version"
+    When I PUT /api/v0/cluster/$cluster/deploy with:
+      """
+      {"version": 7}
+      """
+    Then the response status is 400
+    And GET /api/v0/cluster/$cluster/deploy answers 404
+
+  Scenario: An operation takes no options it does not know
+    Given I have created /api/v0/cluster/$cluster
+    When I PUT /api/v0/cluster/$cluster/restart with:
+      """
+      {"batch": 2}
+      """
+    Then the response status is 400
+    And the error message mentions "batch"
+
+  Scenario: Operation routes take no trailing slash
+    Given I have created /api/v0/cluster/$cluster
+    When I GET /api/v0/cluster/$cluster/restart/
+    Then the response status is 404
