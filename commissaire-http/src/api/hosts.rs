@@ -176,8 +176,7 @@ impl Api {
         {
             return Err(ApiError::conflict(format!("host {address} is a member of cluster {}", other.name)));
         }
-        let outcome = self
-            .storage
+        self.storage
             .update::<Cluster, _, ApiError>(name, CAS_ATTEMPTS, |cluster| {
                 if cluster.hostset.iter().any(|h| h == address) {
                     return Ok(false);
@@ -185,8 +184,7 @@ impl Api {
                 cluster.hostset.push(address.to_string());
                 Ok(true)
             })
-            .await?;
-        outcome
+            .await?
     }
 
     /// Removes `address` from the cluster's member list; whether it was a member.
