@@ -109,10 +109,13 @@ fn is_name(s: &str) -> bool {
     !s.is_empty() && s.len() <= 253 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// The original's pattern, and a valid host address (no `..`, `.` or `-x`
+/// segment reaches a handler).
 fn is_address(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 253
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && commissaire_core::model::is_valid_address(s)
 }
 
 /// Matches a request path (without the query string).
@@ -192,6 +195,10 @@ mod tests {
             resolve("/api/v0/cluster/c1/hosts/10.0.0.1"),
             Some(Route::ClusterHost { name: "c1".into(), host: "10.0.0.1".into() })
         );
+        assert_eq!(resolve("/api/v0/host/.."), None);
+        assert_eq!(resolve("/api/v0/host/./status"), None);
+        assert_eq!(resolve("/api/v0/cluster/c1/hosts/a..b"), None);
+        assert_eq!(resolve("/api/v0/host/-oProxyCommand"), None);
         assert_eq!(resolve("/api/v1/hosts"), None);
         assert_eq!(resolve("/api/v0/"), None);
     }

@@ -45,6 +45,14 @@ pub struct AppState {
     pub trusted_proxies: Vec<IpAddr>,
 }
 
+impl AppState {
+    /// State without self-auth paths or trusted proxies (tests, benchmarks and
+    /// embedders add them afterwards if they need them).
+    pub fn new(api: Api, auth: Authenticator) -> Self {
+        Self { api, auth, self_auth: HashSet::new(), trusted_proxies: Vec::new() }
+    }
+}
+
 fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
     let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"null".to_vec());
     let mut response = Response::new(Full::new(Bytes::from(bytes)));
@@ -227,7 +235,11 @@ async fn dispatch(api: &Api, route: Route, method: &Method, client: IpAddr, body
         (ClusterHosts { name }, Method::GET) => api.list_cluster_members(&name).await,
         (ClusterHosts { name }, Method::PUT) => api.put_cluster_members(&name, body).await,
         (ClusterHost { name, host }, Method::GET) => api.check_cluster_member(&name, &host).await,
-        (ClusterHost { name, host }, Method::PUT) => api.put_cluster_member(&name, &host).await,
+        // The route takes no body members: refuse any rather than ignore them.
+        (ClusterHost { name, host }, Method::PUT) => match crate::api::reject_unknown(body, &[]) {
+            Ok(()) => api.put_cluster_member(&name, &host).await,
+            Err(err) => Err(err),
+        },
         (ClusterHost { name, host }, Method::DELETE) => api.delete_cluster_member(&name, &host).await,
         (ClusterOperation { name, operation }, Method::GET) => api.get_operation(&name, operation).await,
         (ClusterOperation { name, operation }, Method::PUT) => api.start_operation(&name, operation, body).await,

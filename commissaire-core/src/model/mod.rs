@@ -194,7 +194,9 @@ pub fn is_valid_name(name: &str) -> bool {
 
 /// A host address: an IP address or host name of letters, digits, `-`, `_` and
 /// `.`, 1 to 253 characters (the original's route pattern `[a-zA-Z0-9\-\_\.]+`).
-/// IPv6 literals are accepted too.
+/// IPv6 literals are accepted too. A name may not start with `-` (it would read
+/// as an option to ssh) nor have an empty label (`.`, `..`, `.x`, `a..b`: path
+/// segments, not hosts); a trailing dot (absolute name) is allowed.
 pub fn is_valid_address(address: &str) -> bool {
     if address.parse::<std::net::IpAddr>().is_ok() {
         return true;
@@ -202,6 +204,8 @@ pub fn is_valid_address(address: &str) -> bool {
     !address.is_empty()
         && address.len() <= 253
         && !address.starts_with('-')
+        && !address.starts_with('.')
+        && !address.contains("..")
         && address.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 

@@ -39,6 +39,11 @@ fn primary_key_is_required_and_checked() {
     assert_eq!(err.errors[0].field, "address");
     assert!(Host::from_json(&json!({"address": "::1"}), Unknown::Reject).is_ok());
     assert!(Host::from_json(&json!({"address": "node-1.example.com"}), Unknown::Reject).is_ok());
+    // Dot segments and empty labels are path tricks, not host names.
+    for bad in [".", "..", "...", ".hidden", "a..b", "-oProxyCommand"] {
+        assert!(Host::from_json(&json!({"address": bad}), Unknown::Reject).is_err(), "{bad}");
+    }
+    assert!(Host::from_json(&json!({"address": "node-1.example.com."}), Unknown::Reject).is_ok());
 }
 
 #[test]

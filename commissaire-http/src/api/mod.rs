@@ -86,7 +86,7 @@ pub(crate) fn reject_unknown(body: &Map<String, Value>, allowed: &[&str]) -> Res
         "unknown field{} {}; allowed: {}",
         if unknown.len() > 1 { "s" } else { "" },
         unknown.join(", "),
-        allowed.join(", ")
+        if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") }
     )))
 }
 

@@ -1,0 +1,326 @@
+//! REST throughput and latency: `GET /api/v0/clusters` and
+//! `GET /api/v0/host/{address}` with 64 concurrent keep-alive connections,
+//! authenticated with HTTP Basic (bcrypt cost 12, verified once and then
+//! cached), in two set-ups started in this process:
+//!
+//! * `all-in-one`: the in-process bus and the embedded store in a tempdir;
+//! * `amqp+etcd`: the storage service on an AMQP bus (an exchange of its own)
+//!   with an etcd store (a key namespace of its own), and the server on its own
+//!   AMQP connection.
+//!
+//! 10 clusters and 100 hosts are seeded first. The load generator is hyper 1
+//! client connections, one per worker.
+//!
+//! Run: `bash scripts/testbed up && eval "$(bash scripts/testbed env)" &&
+//! cargo bench -p commissaire-http --bench rest` (`REST_BENCH_REQUESTS` sets the
+//! requests per row, default 20,000). Without `--bench` (as under
+//! `cargo test --all-targets`) it does a short smoke run of 200 per row.
+
+use std::{
+    net::SocketAddr,
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use commissaire_core::{
+    bus::{self, Bus, ServeHandle, ServeOptions},
+    model::{Cluster, Host, Network},
+    secrets::SecretsKey,
+    storage_client::StorageClient,
+};
+use commissaire_http::{
+    allinone,
+    api::Api,
+    auth::{self, Authenticator, PluginSpec},
+    server::{self, AppState},
+};
+use commissaire_services::storage::{self, StorageService};
+use http_body_util::{BodyExt, Empty};
+use hyper::{Request, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use serde_json::{Map, json};
+use tokio::{net::TcpStream, sync::oneshot};
+
+const WORKERS: usize = 64;
+const CLUSTERS: usize = 10;
+const HOSTS: usize = 100;
+const USER: &str = "bench";
+const PASSWORD: &str = "bench-password";
+
+/// A server under load, with what it runs on.
+struct Setup {
+    name: &'static str,
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+    services: Vec<ServeHandle>,
+    storage: StorageClient,
+    state: Arc<AppState>,
+}
+
+fn users_file(dir: &Path) -> PluginSpec {
+    let hash = auth::hash_password(PASSWORD).expect("bcrypt");
+    let users = dir.join("users.json");
+    std::fs::write(&users, json!({USER: {"hash": hash, "role": "read-only"}}).to_string()).expect("users file");
+    let mut options = Map::new();
+    options.insert("filepath".into(), json!(users));
+    PluginSpec { name: "httpbasicauth".into(), options }
+}
+
+async fn serve(name: &'static str, bus: Arc<dyn Bus>, plugins: Vec<PluginSpec>, services: Vec<ServeHandle>) -> Setup {
+    let api = Api::new(bus);
+    let storage = api.storage_client().clone();
+    let state = Arc::new(AppState::new(api, Authenticator::new(plugins).expect("authenticator")));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(server::serve(listener, None, state.clone(), async move {
+        let _ = stopped.await;
+    }));
+    Setup { name, addr, stop, task, services, storage, state }
+}
+
+async fn all_in_one(dir: &Path) -> Setup {
+    let aio = allinone::start(&dir.join("aio"), vec![users_file(dir)]).await.expect("all-in-one");
+    serve("all-in-one", aio.bus, aio.plugins, aio.services).await
+}
+
+async fn amqp_etcd(dir: &Path, amqp: &str, etcd: &str) -> Setup {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let exchange = format!("rest-bench-{id}");
+    let storage_bus = bus::connect(amqp, &exchange).await.expect("storage's AMQP connection");
+    let specs = storage::handlers::parse(Some(
+        &json!([{"type": "etcd", "server_url": etcd, "namespace": format!("/rest-bench-{id}")}]),
+    ))
+    .expect("handler configuration");
+    let handlers = storage::open_handlers(specs).await.expect("etcd");
+    let key = SecretsKey::load_or_generate(&dir.join("secrets.key")).expect("secrets key");
+    let service = Arc::new(StorageService::new(handlers, key, storage_bus.clone()));
+    let serving = storage_bus
+        .serve(storage::QUEUE, storage::PATTERNS, service, ServeOptions { concurrency: WORKERS })
+        .await
+        .expect("serve storage");
+    let server_bus = bus::connect(amqp, &exchange).await.expect("the server's AMQP connection");
+    serve("amqp+etcd", server_bus, vec![users_file(dir)], vec![serving]).await
+}
+
+fn host_address(i: usize) -> String {
+    format!("10.1.{}.{}", i / 250, i % 250 + 1)
+}
+
+async fn seed(storage: &StorageClient) {
+    storage.save(&Network::new("default")).await.expect("seed network");
+    for c in 0..CLUSTERS {
+        let mut cluster = Cluster::new(format!("cluster-{c}"));
+        cluster.hostset = (0..HOSTS).filter(|h| h % CLUSTERS == c).map(host_address).collect();
+        storage.save(&cluster).await.expect("seed cluster");
+    }
+    for h in 0..HOSTS {
+        let mut host = Host::new(host_address(h));
+        host.status = "active".into();
+        host.os = "fedora".into();
+        host.cpus = 4;
+        host.memory = 8192;
+        storage.save(&host).await.expect("seed host");
+    }
+}
+
+async fn unseed(storage: &StorageClient) {
+    for h in 0..HOSTS {
+        let _ = storage.delete::<Host>(&host_address(h)).await;
+    }
+    for c in 0..CLUSTERS {
+        let _ = storage.delete::<Cluster>(&format!("cluster-{c}")).await;
+    }
+    let _ = storage.delete::<Network>("default").await;
+}
+
+struct Row {
+    setup: &'static str,
+    route: &'static str,
+    requests: usize,
+    per_second: f64,
+    p50: Duration,
+    p99: Duration,
+    errors: usize,
+}
+
+/// One worker: its own keep-alive connection, `count` requests in sequence.
+async fn worker(
+    addr: SocketAddr,
+    authorization: Arc<str>,
+    path: impl Fn(usize) -> String,
+    count: usize,
+) -> (Vec<Duration>, usize, Option<String>) {
+    let mut latencies = Vec::with_capacity(count);
+    let mut errors = 0;
+    let mut first_error = None;
+    let mut sender = None;
+    for i in 0..count {
+        if sender.is_none() {
+            match connect(addr).await {
+                Ok(s) => sender = Some(s),
+                Err(e) => {
+                    errors += 1;
+                    first_error.get_or_insert(e);
+                    continue;
+                }
+            }
+        }
+        let Some(conn) = sender.as_mut() else { continue };
+        let request = Request::get(path(i))
+            .header(header::HOST, addr.to_string())
+            .header(header::AUTHORIZATION, &*authorization)
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        let sent = Instant::now();
+        let outcome = async {
+            conn.ready().await.map_err(|e| format!("connection: {e}"))?;
+            let response = conn.send_request(request).await.map_err(|e| format!("request: {e}"))?;
+            let status = response.status();
+            let body = response.into_body().collect().await.map_err(|e| format!("body: {e}"))?.to_bytes();
+            if status != StatusCode::OK {
+                return Err(format!("status {status}: {}", String::from_utf8_lossy(&body)));
+            }
+            Ok(())
+        }
+        .await;
+        match outcome {
+            Ok(()) => latencies.push(sent.elapsed()),
+            Err(e) => {
+                errors += 1;
+                first_error.get_or_insert(e);
+                sender = None;
+            }
+        }
+    }
+    (latencies, errors, first_error)
+}
+
+async fn connect(addr: SocketAddr) -> Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>, String> {
+    let stream = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let (sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
+}
+
+/// `total` requests on `route` from `workers` concurrent connections.
+async fn measure(setup: &Setup, route: &'static str, total: usize, workers: usize) -> Row {
+    let authorization: Arc<str> =
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"))).into();
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(workers);
+    for w in 0..workers {
+        let authorization = authorization.clone();
+        let addr = setup.addr;
+        let count = total / workers + usize::from(w < total % workers);
+        tasks.push(tokio::spawn(async move {
+            let path = move |i: usize| match route {
+                "clusters" => "/api/v0/clusters".to_string(),
+                _ => format!("/api/v0/host/{}", host_address((w * 7 + i) % HOSTS)),
+            };
+            worker(addr, authorization, path, count).await
+        }));
+    }
+    let mut latencies = Vec::with_capacity(total);
+    let mut errors = 0;
+    for task in tasks {
+        let (l, e, first) = task.await.expect("worker panicked");
+        if let Some(first) = first {
+            eprintln!("{} {route}: first error of a worker: {first}", setup.name);
+        }
+        latencies.extend(l);
+        errors += e;
+    }
+    let elapsed = started.elapsed();
+    latencies.sort_unstable();
+    let pick = |q: f64| latencies.get(((latencies.len().max(1) - 1) as f64 * q) as usize).copied().unwrap_or_default();
+    Row {
+        setup: setup.name,
+        route: if route == "clusters" { "GET /api/v0/clusters" } else { "GET /api/v0/host/{address}" },
+        requests: latencies.len() + errors,
+        per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
+        p50: pick(0.5),
+        p99: pick(0.99),
+        errors,
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    let requests: usize = std::env::var("REST_BENCH_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if smoke { 200 } else { 20_000 })
+        .max(WORKERS);
+    let need = |var: &str| {
+        std::env::var(var).unwrap_or_else(|_| {
+            eprintln!("{var} is not set: run `bash scripts/testbed up && eval \"$(bash scripts/testbed env)\"` first");
+            std::process::exit(2)
+        })
+    };
+    let (amqp, etcd) = (need("COMMISSAIRE_AMQP_URL"), need("COMMISSAIRE_ETCD_URL"));
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    let mut rows = Vec::new();
+    for which in ["all-in-one", "amqp+etcd"] {
+        let sub = dir.path().join(which);
+        std::fs::create_dir_all(&sub).expect("dir");
+        let setup = if which == "all-in-one" { all_in_one(&sub).await } else { amqp_etcd(&sub, &amqp, &etcd).await };
+        seed(&setup.storage).await;
+        // Warm up: one request verifies the password (bcrypt), the rest hit the cache.
+        let warm = measure(&setup, "clusters", 1, 1).await;
+        assert_eq!(warm.errors, 0, "{}: the warm-up request failed", setup.name);
+        measure(&setup, "host", WORKERS * 4, WORKERS).await;
+        for route in ["clusters", "host"] {
+            rows.push(measure(&setup, route, requests, WORKERS).await);
+        }
+        let stats = setup.state.auth.stats();
+        println!(
+            "{}: {} requests authenticated with {} bcrypt verification(s) and {} cache hits",
+            setup.name, stats.authenticated, stats.bcrypt_verifications, stats.cache_hits
+        );
+        unseed(&setup.storage).await;
+        let _ = setup.stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(30), setup.task).await;
+        for service in setup.services {
+            service.shutdown().await;
+        }
+    }
+
+    println!(
+        "\nREST server: {WORKERS} concurrent keep-alive connections, basic auth (cached bcrypt), \
+         {CLUSTERS} clusters and {HOSTS} hosts{}",
+        if smoke { ", SMOKE RUN" } else { "" }
+    );
+    println!(
+        "{:<11} {:<28} {:>9} {:>11} {:>8} {:>8} {:>7}",
+        "set-up", "route", "requests", "requests/s", "p50 ms", "p99 ms", "errors"
+    );
+    for row in &rows {
+        println!(
+            "{:<11} {:<28} {:>9} {:>11.0} {:>8} {:>8} {:>7}",
+            row.setup,
+            row.route,
+            row.requests,
+            row.per_second,
+            ms(row.p50),
+            ms(row.p99),
+            row.errors
+        );
+    }
+    let errors: usize = rows.iter().map(|r| r.errors).sum();
+    assert_eq!(errors, 0, "{errors} requests failed");
+}
