@@ -8,6 +8,13 @@ use super::{Field, FieldError, Kind, Model, check_one_of};
 /// The statuses a host moves through (`""` until the investigator first sees it).
 pub const HOST_STATUSES: &[&str] = &["investigating", "bootstrapping", "active", "disassociated", "failed"];
 
+fn check_address(address: &str, errors: &mut Vec<FieldError>) {
+    if !super::is_valid_address(address) {
+        errors
+            .push(FieldError::new("address", "must be an IP address or a host name (letters, digits, '-', '_', '.')"));
+    }
+}
+
 /// A managed host. Primary key `address`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Host {
@@ -65,12 +72,7 @@ impl Model for Host {
     }
 
     fn check(&self, errors: &mut Vec<FieldError>) {
-        if !super::is_valid_address(&self.address) {
-            errors.push(FieldError::new(
-                "address",
-                "must be an IP address or a host name (letters, digits, '-', '_', '.')",
-            ));
-        }
+        check_address(&self.address, errors);
         if !self.status.is_empty() {
             check_one_of("status", &self.status, HOST_STATUSES, errors);
         }
@@ -116,12 +118,7 @@ impl Model for HostCreds {
     }
 
     fn check(&self, errors: &mut Vec<FieldError>) {
-        if !super::is_valid_address(&self.address) {
-            errors.push(FieldError::new(
-                "address",
-                "must be an IP address or a host name (letters, digits, '-', '_', '.')",
-            ));
-        }
+        check_address(&self.address, errors);
         let user_ok = !self.remote_user.is_empty()
             && self.remote_user.len() <= 32
             && self.remote_user.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
