@@ -32,6 +32,11 @@ use crate::{
     router::{self, Route},
 };
 
+/// Liveness probe: the process serves HTTP.
+pub const HEALTHZ: &str = "/healthz";
+/// Readiness probe: the bus answers and the storage service reaches every store.
+pub const READYZ: &str = "/readyz";
+
 /// Request bodies above this are refused with 413.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
@@ -107,6 +112,18 @@ async fn respond(
     client_cn: Option<&str>,
 ) -> (Response<Full<Bytes>>, Option<String>, &'static str) {
     let path = req.uri().path().to_string();
+    // Probes for supervisors and load balancers: no credentials, nothing revealed.
+    if req.method() == Method::GET && (path == HEALTHZ || path == READYZ) {
+        let response = if path == HEALTHZ {
+            json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+        } else {
+            match state.api.ready().await {
+                Ok(()) => json_response(StatusCode::OK, &serde_json::json!({"status": "ready"})),
+                Err(err) => error_response(&err),
+            }
+        };
+        return (response, None, if path == HEALTHZ { "healthz" } else { "readyz" });
+    }
     let identity = if state.self_auth.contains(&path) {
         Identity { name: "self-auth".into(), role: Role::ReadWrite, method: "self-auth" }
     } else {

@@ -1154,3 +1154,19 @@ async fn oversize_body_is_not_read_as_requests(client: &Client, chunked: bool) -
     assert!(statuses.len() <= 2, "the body was read as requests: {statuses:?}");
     statuses
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_probes_answer_without_credentials() {
+    let server = start_server().await;
+    let client = Client::new(server.addr);
+    for (path, body) in [("/healthz", json!({"status": "ok"})), ("/readyz", json!({"status": "ready"}))] {
+        let req = Req::new("GET", path, Who::Anonymous);
+        let resp = client.send(&req).await;
+        assert_eq!(resp.status, 200, "{}", req.describe());
+        assert_eq!(serde_json::from_slice::<Value>(&resp.body).expect("json"), body);
+    }
+    // Only GET; other verbs go through authentication like any path.
+    let req = Req::new("PUT", "/healthz", Who::Anonymous).json("{}");
+    assert_error(&client.send(&req).await, &[401], &req);
+    server.shutdown().await;
+}

@@ -25,6 +25,9 @@ use serde_json::{Map, Value};
 
 pub use error::{ApiError, service_error};
 
+/// How long a readiness probe waits for storage.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How many times a compare-and-swap update is retried under contention.
 const CAS_ATTEMPTS: usize = 16;
 
@@ -62,6 +65,23 @@ impl Api {
     /// The storage client the handlers use.
     pub fn storage_client(&self) -> &StorageClient {
         &self.storage
+    }
+
+    /// Whether the bus and the stores behind the storage service answer.
+    pub async fn ready(&self) -> Result<(), ApiError> {
+        match self.bus.request("storage.ping", Value::Object(Map::new()), READY_TIMEOUT).await {
+            Ok(_) => Ok(()),
+            Err(err) => {
+                // The detail (addresses of stores and brokers) goes to the log only.
+                tracing::warn!(error = %err, "not ready");
+                let why = match err {
+                    commissaire_core::bus::BusError::Rpc(_) => "a store behind the storage service is unreachable",
+                    commissaire_core::bus::BusError::Timeout { .. } => "the storage service did not answer",
+                    _ => "the message bus is unavailable",
+                };
+                Err(ApiError::unavailable(format!("not ready: {why}")))
+            }
+        }
     }
 
     /// Calls a service other than storage (container manager, cluster exec).

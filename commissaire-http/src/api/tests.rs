@@ -288,3 +288,14 @@ async fn managed_clusters_register_members_and_a_refusing_manager_stores_nothing
     assert_eq!(status(refused), StatusCode::BAD_GATEWAY);
     assert_eq!(fx.api.list_cluster_members("refusing").await.expect("members").body, json!([]));
 }
+
+#[tokio::test]
+async fn readiness_needs_the_storage_service() {
+    let fx = fixture().await;
+    fx.api.ready().await.expect("ready with storage served");
+    // A bus nobody serves storage on: not ready, and the answer names no address.
+    let lonely = Api { service_timeout: Duration::from_millis(100), ..Api::new(Arc::new(MemoryBus::new())) };
+    let err = lonely.ready().await.expect_err("not ready");
+    assert_eq!(err.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(err.message, "not ready: the storage service did not answer");
+}

@@ -248,6 +248,12 @@ impl Handler for StorageService {
             "delete" => self.delete(&params).await,
             "list" => self.list(&params).await,
             "list_store_handlers" => Ok(self.list_store_handlers()),
+            // Readiness: every store answers.
+            "ping" => self
+                .ping()
+                .await
+                .map(|()| Value::Null)
+                .map_err(|e| RpcError::internal(format!("store unavailable: {e}"))),
             other => Err(RpcError::method_not_found(other)),
         }
     }
