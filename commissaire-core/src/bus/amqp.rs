@@ -366,17 +366,7 @@ async fn open_served(link: &Link, exchange: &str, served: &Served) -> Result<(Ch
                 FieldTable::default(),
             )
             .await?;
-        for pattern in &served.patterns {
-            channel
-                .queue_bind(
-                    served.queue.as_str().into(),
-                    exchange.into(),
-                    pattern.as_str().into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-        }
+        bind_all(&channel, served.queue.as_str(), exchange, &served.patterns).await?;
         channel
             .basic_consume(
                 served.queue.as_str().into(),
@@ -395,6 +385,22 @@ async fn open_served(link: &Link, exchange: &str, served: &Served) -> Result<(Ch
     }
 }
 
+/// Binds `queue` to the exchange with each pattern.
+async fn bind_all(channel: &Channel, queue: &str, exchange: &str, patterns: &[String]) -> Result<(), lapin::Error> {
+    for pattern in patterns {
+        channel
+            .queue_bind(
+                queue.into(),
+                exchange.into(),
+                pattern.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
 /// Opens a channel on `link` with an exclusive queue bound to `patterns`,
 /// consumed with auto-ack (events are fan-out, best effort).
 async fn open_subscription(link: &Link, exchange: &str, patterns: &[String]) -> Result<(Channel, Consumer), BusError> {
@@ -407,17 +413,7 @@ async fn open_subscription(link: &Link, exchange: &str, patterns: &[String]) -> 
                 FieldTable::default(),
             )
             .await?;
-        for pattern in patterns {
-            channel
-                .queue_bind(
-                    queue.name().clone(),
-                    exchange.into(),
-                    pattern.as_str().into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-        }
+        bind_all(&channel, queue.name().as_str(), exchange, patterns).await?;
         channel
             .basic_consume(
                 queue.name().clone(),
