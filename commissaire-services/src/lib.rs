@@ -3,6 +3,7 @@
 //! common flags of [`runner`].
 
 pub mod containermgr;
+pub mod investigator;
 pub mod runner;
 pub mod storage;
 pub mod store;

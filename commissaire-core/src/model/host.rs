@@ -37,6 +37,13 @@ pub struct Host {
     /// Name of the storage handler authoritative for this host.
     #[serde(default)]
     pub source: String,
+    /// Why the host is `failed` (empty otherwise). Additive to the original.
+    #[serde(default)]
+    pub reason: String,
+    /// The host's SSH public key, pinned on first contact (OpenSSH line; empty
+    /// until then). Additive to the original.
+    #[serde(default)]
+    pub ssh_host_key: String,
 }
 
 impl Host {
@@ -50,6 +57,8 @@ impl Host {
             space: 0,
             last_check: String::new(),
             source: String::new(),
+            reason: String::new(),
+            ssh_host_key: String::new(),
         }
     }
 }
@@ -65,6 +74,8 @@ impl Model for Host {
         Field::optional("space", Kind::Int),
         Field::optional("last_check", Kind::Str),
         Field::optional("source", Kind::Str),
+        Field::optional("reason", Kind::Str),
+        Field::optional("ssh_host_key", Kind::Str),
     ];
 
     fn primary_key(&self) -> Option<&str> {

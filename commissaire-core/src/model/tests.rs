@@ -7,7 +7,7 @@ fn host_defaults_fill_absent_fields() {
     let host = Host::from_json(&json!({"address": "10.0.0.1"}), Unknown::Reject).expect("valid");
     assert_eq!(
         host.to_safe_json(),
-        json!({"address":"10.0.0.1","status":"","os":"","cpus":0,"memory":0,"space":0,"last_check":"","source":""})
+        json!({"address":"10.0.0.1","status":"","os":"","cpus":0,"memory":0,"space":0,"last_check":"","source":"","reason":"","ssh_host_key":""})
     );
 }
 

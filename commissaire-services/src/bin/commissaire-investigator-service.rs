@@ -1,0 +1,30 @@
+//! `commissaire-investigator-service`: answers `jobs.investigate` on the bus.
+
+use clap::Parser;
+use commissaire_core::bus::ServeOptions;
+use commissaire_services::{
+    investigator::{self, Investigator},
+    runner,
+    transport::{SshConfig, SshTransport},
+};
+
+#[derive(Parser)]
+#[command(name = "commissaire-investigator-service", version, about = "Commissaire investigator service")]
+struct Cli {
+    #[command(flatten)]
+    common: runner::CommonArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = cli.common.resolve("/etc/commissaire/investigator.conf")?;
+    runner::init_logging(config.debug);
+    let bus = config.connect_bus().await?;
+    let service = std::sync::Arc::new(Investigator::new(bus.clone(), SshTransport::new(SshConfig::default())));
+    let serving = bus.serve(investigator::QUEUE, investigator::PATTERNS, service, ServeOptions::default()).await?;
+    tracing::info!(bus = %runner::redact_uri(&config.bus_uri), exchange = %config.bus_exchange, "investigator service ready");
+    runner::shutdown_signal().await;
+    serving.shutdown().await;
+    Ok(())
+}
