@@ -73,6 +73,24 @@ impl ServiceConfig {
     }
 }
 
+/// Serves `handler` on its shared `queue` until the process is asked to stop,
+/// then lets the requests in progress finish. `name` is for the log lines.
+pub async fn serve_until_stopped(
+    config: &ServiceConfig,
+    bus: &Arc<dyn Bus>,
+    queue: &str,
+    patterns: &[&str],
+    handler: Arc<dyn commissaire_core::bus::Handler>,
+    name: &str,
+) -> anyhow::Result<()> {
+    let serving = bus.serve(queue, patterns, handler, commissaire_core::bus::ServeOptions::default()).await?;
+    tracing::info!(bus = %redact_uri(&config.bus_uri), exchange = %config.bus_exchange, "{name} service ready");
+    shutdown_signal().await;
+    tracing::info!("stopping: finishing requests in progress");
+    serving.shutdown().await;
+    Ok(())
+}
+
 /// Structured logs on standard error; `RUST_LOG` refines the level.
 pub fn init_logging(debug: bool) {
     let default = if debug { "debug" } else { "info" };

@@ -1,7 +1,6 @@
 //! `commissaire-investigator-service`: answers `jobs.investigate` on the bus.
 
 use clap::Parser;
-use commissaire_core::bus::ServeOptions;
 use commissaire_services::{
     investigator::{self, Investigator},
     runner,
@@ -22,9 +21,6 @@ async fn main() -> anyhow::Result<()> {
     runner::init_logging(config.debug);
     let bus = config.connect_bus().await?;
     let service = std::sync::Arc::new(Investigator::new(bus.clone(), SshTransport::new(SshConfig::default())));
-    let serving = bus.serve(investigator::QUEUE, investigator::PATTERNS, service, ServeOptions::default()).await?;
-    tracing::info!(bus = %runner::redact_uri(&config.bus_uri), exchange = %config.bus_exchange, "investigator service ready");
-    runner::shutdown_signal().await;
-    serving.shutdown().await;
-    Ok(())
+    runner::serve_until_stopped(&config, &bus, investigator::QUEUE, investigator::PATTERNS, service, "investigator")
+        .await
 }

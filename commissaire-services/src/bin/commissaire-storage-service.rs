@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use commissaire_core::{bus::ServeOptions, config, secrets::SecretsKey};
+use commissaire_core::{config, secrets::SecretsKey};
 use commissaire_services::{runner, storage};
 
 /// Where the secrets key is looked for unless configured.
@@ -49,11 +49,5 @@ async fn main() -> anyhow::Result<()> {
     let handlers = storage::open_handlers(specs).await?;
     let bus = config.connect_bus().await?;
     let service = std::sync::Arc::new(storage::StorageService::new(handlers, secrets, bus.clone()));
-    let serving = bus.serve(storage::QUEUE, storage::PATTERNS, service, ServeOptions::default()).await?;
-    tracing::info!(bus = %runner::redact_uri(&config.bus_uri), exchange = %config.bus_exchange, "storage service ready");
-
-    runner::shutdown_signal().await;
-    tracing::info!("stopping: finishing requests in progress");
-    serving.shutdown().await;
-    Ok(())
+    runner::serve_until_stopped(&config, &bus, storage::QUEUE, storage::PATTERNS, service, "storage").await
 }
