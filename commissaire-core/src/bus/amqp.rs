@@ -376,7 +376,17 @@ async fn open_served(link: &Link, exchange: &str, served: &Served) -> Result<(Ch
             )
             .await
     };
-    match setup.await {
+    let setup = setup.await;
+    keep_or_close(channel, setup).await
+}
+
+/// The channel and its consumer once set up; on a failed setup the channel is
+/// closed rather than left open on the connection.
+async fn keep_or_close(
+    channel: Channel,
+    setup: Result<Consumer, lapin::Error>,
+) -> Result<(Channel, Consumer), BusError> {
+    match setup {
         Ok(consumer) => Ok((channel, consumer)),
         Err(err) => {
             let _ = channel.close(200, "setup failed".into()).await;
@@ -423,13 +433,8 @@ async fn open_subscription(link: &Link, exchange: &str, patterns: &[String]) -> 
             )
             .await
     };
-    match setup.await {
-        Ok(consumer) => Ok((channel, consumer)),
-        Err(err) => {
-            let _ = channel.close(200, "setup failed".into()).await;
-            Err(transport(err))
-        }
-    }
+    let setup = setup.await;
+    keep_or_close(channel, setup).await
 }
 
 /// Why a consumer stopped taking deliveries.
