@@ -6,6 +6,7 @@
 //!   `{{ }}` in task arguments.
 //! - A string that is exactly one `{{ expression }}` evaluates to the expression's value with its
 //!   type (a list stays a list), as Ansible does; anything else renders to a string.
+//! - `true`, `false` and `none` print as `True`, `False` and `None`, as Python prints them.
 //! - Filters that Ansible adds or changes: `bool` (`"yes"`, `"no"`, `"true"`, `"1"`... as
 //!   Ansible reads them) and `quote` (POSIX shell quoting, byte for byte as Python's
 //!   `shlex.quote`, so files rendered by either engine are identical).
@@ -20,6 +21,16 @@ pub fn environment() -> Environment<'static> {
     if let Ok(syntax) = SyntaxConfig::builder().trim_blocks(true).keep_trailing_newline(true).build() {
         env.set_syntax(syntax);
     }
+    // booleans and none print as Python prints them, as under Ansible
+    env.set_formatter(|out, state, value| {
+        if value.kind() == minijinja::value::ValueKind::Bool {
+            return out.write_str(if value.is_true() { "True" } else { "False" }).map_err(minijinja::Error::from);
+        }
+        if value.is_none() {
+            return out.write_str("None").map_err(minijinja::Error::from);
+        }
+        minijinja::escape_formatter(out, state, value)
+    });
     env.add_filter("bool", ansible_bool);
     env.add_filter("quote", |v: JValue| -> String { python_shlex_quote(&value_to_text(&v)) });
     env
@@ -78,10 +89,9 @@ pub fn is_templated(s: &str) -> bool {
     s.contains("{{") || s.contains("{%") || s.contains("{#")
 }
 
-/// The expression inside `s` when `s` is exactly one `{{ ... }}` (surrounding spaces allowed).
+/// The expression inside `s` when `s` is exactly one `{{ ... }}`, nothing around it.
 pub fn single_expression(s: &str) -> Option<&str> {
-    let t = s.trim();
-    let inner = t.strip_prefix("{{")?.strip_suffix("}}")?;
+    let inner = s.strip_prefix("{{")?.strip_suffix("}}")?;
     if inner.contains("{{") || inner.contains("}}") || inner.contains("{%") {
         return None;
     }
@@ -198,7 +208,8 @@ mod tests {
         let env = environment();
         let ctx = vars(json!({"l": ["a", "b"], "n": 5, "s": "x"}));
         assert_eq!(render_value(&env, &json!("{{ l }}"), &ctx).expect("list"), json!(["a", "b"]));
-        assert_eq!(render_value(&env, &json!(" {{ n }} "), &ctx).expect("num"), json!(5));
+        assert_eq!(render_value(&env, &json!("{{ n }}"), &ctx).expect("num"), json!(5));
+        assert_eq!(render_value(&env, &json!("{{ s }}\n"), &ctx).expect("newline kept"), json!("x\n"));
         assert_eq!(render_value(&env, &json!("v={{ n }}"), &ctx).expect("str"), json!("v=5"));
         assert_eq!(render_value(&env, &json!(["{{ s }}", 1]), &ctx).expect("arr"), json!(["x", 1]));
         assert!(render_value(&env, &json!("{{ missing }}"), &ctx).is_err());
@@ -227,5 +238,7 @@ mod tests {
         assert_eq!(out, "O='a --x=1'\n");
         let out = env.render_str(src, vars(json!({}))).expect("render");
         assert_eq!(out, "O=a\n");
+        let out = env.render_str("{{ t }} {{ f }} {{ n }}", vars(json!({"t": true, "f": false, "n": null})));
+        assert_eq!(out.expect("render"), "True False None");
     }
 }
