@@ -412,3 +412,213 @@ async fn deploy_refuses_a_host_without_ostree_and_names_the_task() {
     let out = transport.run(&bed.target(2, "root"), &Command::new("true")).await.expect("host still fine");
     assert!(out.success());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Tests that change hosts: only on test hosts with a filesystem of their own.
+
+/// `true` if `address` has its own view of /etc (an overlay in its own mount namespace) rather
+/// than this machine's: a read-only probe.
+async fn isolated(bed: &Bed, host: usize) -> bool {
+    let remote = SshTransport::default()
+        .run(&bed.target(host, "root"), &Command::new("stat").args(["-f", "-c", "%T", "/etc"]))
+        .await
+        .expect("probe host");
+    let local = std::process::Command::new("stat").args(["-f", "-c", "%T", "/etc"]).output().expect("stat");
+    remote.success() && remote.stdout.trim() != String::from_utf8_lossy(&local.stdout).trim()
+}
+
+/// The hosts this test may change, or `None` (with a message) when they share this machine's
+/// filesystem.
+async fn isolated_hosts(bed: &Bed, wanted: &[usize]) -> Option<()> {
+    for &h in wanted {
+        if !isolated(bed, h).await {
+            eprintln!(
+                "SKIPPED: test host {} shares this machine's filesystem; this test changes /etc and installs \
+                 packages, so it runs only on isolated test hosts (scripts/testbed with per-host overlays)",
+                bed.hosts[h]
+            );
+            return None;
+        }
+    }
+    Some(())
+}
+
+fn testbed_script() -> String {
+    std::env::var("COMMISSAIRE_TESTBED").unwrap_or_else(|_| panic!("COMMISSAIRE_TESTBED is not set: {HINT}"))
+}
+
+/// `scripts/testbed host-reset ADDRESS`: the host back to its pristine filesystem.
+fn reset(bed: &Bed, host: usize) {
+    let out = std::process::Command::new("bash")
+        .arg(testbed_script())
+        .arg("host-reset")
+        .arg(&bed.hosts[host])
+        .output()
+        .expect("run scripts/testbed host-reset");
+    assert!(out.status.success(), "host-reset {}: {}", bed.hosts[host], String::from_utf8_lossy(&out.stderr));
+}
+
+async fn sh(bed: &Bed, host: usize, script: &'static str) -> String {
+    let out = SshTransport::default().run(&bed.target(host, "root"), &Command::script(script)).await.expect("ssh");
+    out.stdout
+}
+
+/// What a bootstrap leaves on a Debian test host.
+async fn bootstrap_state(bed: &Bed, host: usize) -> String {
+    sh(
+        bed,
+        host,
+        "for f in /etc/default/flanneld /etc/default/docker; do echo \"== $f $(stat -c %a \"$f\")\"; cat \"$f\"; done; \
+         dpkg-query -W -f='${Package} ${Status} ${Version}\\n' flannel docker.io; \
+         for s in flanneld docker; do echo \"$s $(systemctl is-enabled $s) $(systemctl is-active $s)\"; done",
+    )
+    .await
+}
+
+fn debian_bootstrap_vars(address: &str) -> Map<String, Value> {
+    use commissaire_core::model::Network;
+    use commissaire_services::playbook::{BootstrapSettings, DockerRegistry, bootstrap_vars};
+    let settings = BootstrapSettings {
+        docker_registry: Some(DockerRegistry { host: "registry.example.com".into(), port: Some(5000) }),
+        etcd_server_url: Some("http://127.0.0.1:2379".into()),
+        ..Default::default()
+    };
+    bootstrap_vars(address, "debian", &Network::new("default"), &settings).expect("bootstrap vars")
+}
+
+#[tokio::test]
+async fn bootstrap_parity_with_ansible() {
+    let bed = bed();
+    let Some(ansible) = ansible_playbook() else { return };
+    if isolated_hosts(&bed, &[0, 1]).await.is_none() {
+        return;
+    }
+    let (native_host, ansible_host) = (0, 1);
+    reset(&bed, native_host);
+    reset(&bed, ansible_host);
+    let pb_path = playbooks_dir().join("bootstrap.yaml");
+    let pb = Playbook::load(&pb_path).expect("load");
+    let report = runner()
+        .run(&pb, &bed.target(native_host, "commissaire"), debian_bootstrap_vars(&bed.hosts[native_host]))
+        .await
+        .unwrap_or_else(|e| panic!("native bootstrap: {e}"));
+    let native = native_lines(&report);
+    let (rc, lines) = run_ansible(
+        &ansible,
+        &pb_path,
+        &bed.hosts[ansible_host],
+        "commissaire",
+        &bed.key_path,
+        &debian_bootstrap_vars(&bed.hosts[ansible_host]),
+    );
+    assert_eq!(rc, 0, "ansible bootstrap: {lines:#?}");
+    let statuses = |l: &Lines| l.iter().map(|(t, s, _)| (t.clone(), *s)).collect::<Vec<_>>();
+    assert_eq!(statuses(&lines), statuses(&native), "task statuses differ");
+
+    let n = bootstrap_state(&bed, native_host).await;
+    let a = bootstrap_state(&bed, ansible_host).await;
+    assert_eq!(n, a, "what the two bootstraps left differs");
+    assert!(n.contains("FLANNEL_ETCD=http://127.0.0.1:2379\n"), "{n}");
+    assert!(n.contains("--registry-mirror=http://registry.example.com:5000"), "{n}");
+    assert!(n.contains("flanneld enabled active") && n.contains("docker enabled active"), "{n}");
+    assert!(n.contains("== /etc/default/docker 644"), "{n}");
+
+    // a second run installs and writes nothing; only the restarts change something
+    let again = runner()
+        .run(&pb, &bed.target(native_host, "root"), debian_bootstrap_vars(&bed.hosts[native_host]))
+        .await
+        .expect("second bootstrap");
+    for t in &again.tasks {
+        if t.task.starts_with("Enable and restart") {
+            assert_eq!(t.status, TaskStatus::Changed, "{}", t.task);
+        } else {
+            assert_ne!(t.status, TaskStatus::Changed, "{}: nothing to change on the second run", t.task);
+        }
+    }
+    assert_eq!(bootstrap_state(&bed, native_host).await, n, "the second run changed the host");
+}
+
+const MARKER: &str = "/tmp/commissaire-pwned-hostile";
+
+/// Hostile values in every bootstrap variable that reaches a file or a command (bypassing the
+/// checks of `bootstrap_vars`, as a hand-edited variable would): they end up as data, quoted,
+/// and nothing else runs on the host.
+#[tokio::test]
+async fn hostile_values_stay_data() {
+    let bed = bed();
+    if isolated_hosts(&bed, &[2]).await.is_none() {
+        return;
+    }
+    let host = 2;
+    reset(&bed, host);
+    let boot_id = || sh(&bed, host, "cat /proc/sys/kernel/random/boot_id");
+    let before = boot_id().await;
+    let pb = Playbook::load(playbooks_dir().join("bootstrap.yaml")).expect("load");
+    let mut v = debian_bootstrap_vars(&bed.hosts[host]);
+    let touch = format!("$(touch {MARKER})");
+    v.insert("commissaire_flannel_key".into(), json!(touch));
+    v.insert("commissaire_etcd_server_url".into(), json!(format!("http://x'; touch {MARKER}; '\nEVIL=1\n; reboot")));
+    v.insert("commissaire_docker_registry_host".into(), json!(format!("\"`touch {MARKER}`\"")));
+    v.insert("commissaire_flanneld_server".into(), json!("a\nFLANNEL_EXTRA=1"));
+    let report = runner().run(&pb, &bed.target(host, "commissaire"), v.clone()).await.expect("bootstrap runs");
+    assert_eq!(report.count(TaskStatus::Failed), 0, "{report:?}");
+    let flannel = sh(&bed, host, "cat /etc/default/flanneld").await;
+    // every value is one single-quoted shell word: sourcing the file defines only our names
+    let sourced =
+        sh(&bed, host, "env -i sh -c 'set -a; . /etc/default/flanneld; env' | grep -v -E '^(PWD|SHLVL|_)=' | sort")
+            .await;
+    let names: Vec<&str> = sourced
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+        .filter(|k| k.starts_with("FLANNEL") || k.starts_with("EVIL"))
+        .collect();
+    assert!(!names.contains(&"EVIL") && !names.contains(&"FLANNEL_EXTRA"), "{flannel}\n{sourced}");
+    assert!(flannel.contains(&format!("FLANNEL_ETCD_KEY='{touch}'")), "{flannel}");
+    let docker = sh(&bed, host, "cat /etc/default/docker").await;
+    assert!(docker.contains(&format!("`touch {MARKER}`")), "{docker}");
+
+    // a package name or a service name with shell syntax is refused before anything runs
+    for (var, value) in [
+        ("commissaire_flannel_package", format!("flannel; touch {MARKER}")),
+        ("commissaire_docker_service", format!("docker$(touch {MARKER})")),
+    ] {
+        let mut bad = v.clone();
+        bad.insert(var.into(), json!(value));
+        let err = runner().run(&pb, &bed.target(host, "root"), bad).await.expect_err("refused");
+        assert!(matches!(err, PlaybookError::TaskFailed { .. }), "{err}");
+    }
+    // deploy: the version is one argument after `--`
+    let deploy = Playbook::load(playbooks_dir().join("deploy.yaml")).expect("load");
+    let _ = runner()
+        .run(
+            &deploy,
+            &bed.target(host, "root"),
+            vars(json!({"commissaire_deploy_version": format!("1; touch {MARKER}")})),
+        )
+        .await;
+
+    let exists = sh(&bed, host, "if [ -e /tmp/commissaire-pwned-hostile ]; then echo yes; else echo no; fi").await;
+    assert_eq!(exists.trim(), "no", "a hostile value was executed on the host");
+    assert!(!Path::new(MARKER).exists(), "a hostile value was executed on this machine");
+    assert_eq!(boot_id().await, before, "the host rebooted");
+}
+
+/// restart.yaml natively: the host goes down and comes back with a new boot id.
+#[tokio::test]
+async fn restart_waits_for_a_new_boot_id() {
+    let bed = bed();
+    if isolated_hosts(&bed, &[2]).await.is_none() {
+        return;
+    }
+    let host = 2;
+    let before = sh(&bed, host, "cat /proc/sys/kernel/random/boot_id").await;
+    let pb = Playbook::load(playbooks_dir().join("restart.yaml")).expect("load");
+    let report = runner()
+        .run(&pb, &bed.target(host, "commissaire"), vars(json!({"commissaire_reboot_timeout": 120})))
+        .await
+        .unwrap_or_else(|e| panic!("restart: {e}"));
+    assert_eq!(report.tasks[0].status, TaskStatus::Changed, "{report:?}");
+    let after = sh(&bed, host, "cat /proc/sys/kernel/random/boot_id").await;
+    assert_ne!(before.trim(), after.trim(), "boot id unchanged");
+    assert!(!after.trim().is_empty());
+}
