@@ -32,6 +32,9 @@ struct Bed {
     state_dir: PathBuf,
 }
 
+/// The tests of this file reset, reboot and bootstrap the same few hosts: one at a time.
+static HOSTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn bed() -> Bed {
     let hosts: Vec<String> = std::env::var("COMMISSAIRE_TEST_HOSTS")
         .unwrap_or_else(|_| panic!("COMMISSAIRE_TEST_HOSTS is not set: {HINT}"))
@@ -196,6 +199,7 @@ fn vars(v: Value) -> Map<String, Value> {
 
 #[tokio::test]
 async fn check_host_availability_natively_and_with_ansible() {
+    let _hosts = HOSTS.lock().await;
     let bed = bed();
     let pb = Playbook::load(playbooks_dir().join("check_host_availability.yaml")).expect("load");
     let runner = runner();
@@ -322,6 +326,7 @@ const HOSTILE: &str = "$(touch /tmp/commissaire-pwned-semantics) `id` ; reboot '
 
 #[tokio::test]
 async fn task_semantics_match_ansible() {
+    let _hosts = HOSTS.lock().await;
     let bed = bed();
     let work = bed.scratch("semantics");
     let pb_dir = work.join("pb");
@@ -392,6 +397,7 @@ fn mode(p: &Path) -> u32 {
 
 #[tokio::test]
 async fn deploy_refuses_a_host_without_ostree_and_names_the_task() {
+    let _hosts = HOSTS.lock().await;
     let bed = bed();
     // the shared hosts are not OSTree hosts (no /run/ostree-booted on this machine)
     assert!(!Path::new("/run/ostree-booted").exists());
@@ -488,6 +494,7 @@ fn debian_bootstrap_vars(address: &str) -> Map<String, Value> {
 
 #[tokio::test]
 async fn bootstrap_parity_with_ansible() {
+    let _hosts = HOSTS.lock().await;
     let bed = bed();
     let Some(ansible) = ansible_playbook() else { return };
     if isolated_hosts(&bed, &[0, 1]).await.is_none() {
@@ -545,6 +552,7 @@ const MARKER: &str = "/tmp/commissaire-pwned-hostile";
 /// and nothing else runs on the host.
 #[tokio::test]
 async fn hostile_values_stay_data() {
+    let _hosts = HOSTS.lock().await;
     let bed = bed();
     if isolated_hosts(&bed, &[2]).await.is_none() {
         return;
@@ -563,16 +571,14 @@ async fn hostile_values_stay_data() {
     let report = runner().run(&pb, &bed.target(host, "commissaire"), v.clone()).await.expect("bootstrap runs");
     assert_eq!(report.count(TaskStatus::Failed), 0, "{report:?}");
     let flannel = sh(&bed, host, "cat /etc/default/flanneld").await;
-    // every value is one single-quoted shell word: sourcing the file defines only our names
-    let sourced =
-        sh(&bed, host, "env -i sh -c 'set -a; . /etc/default/flanneld; env' | grep -v -E '^(PWD|SHLVL|_)=' | sort")
-            .await;
-    let names: Vec<&str> = sourced
-        .lines()
-        .filter_map(|l| l.split_once('=').map(|(k, _)| k))
-        .filter(|k| k.starts_with("FLANNEL") || k.starts_with("EVIL"))
-        .collect();
-    assert!(!names.contains(&"EVIL") && !names.contains(&"FLANNEL_EXTRA"), "{flannel}\n{sourced}");
+    // every value is one single-quoted shell word: sourcing the file defines only our names,
+    // each holding exactly the value given
+    const SOURCED: &str = "env -i sh -c '. /etc/default/flanneld; \
+                           printf \"%s|%s|%s|%s\" \"${EVIL-unset}\" \"${FLANNEL_EXTRA-unset}\" \
+                           \"$FLANNEL_ETCD_KEY\" \"$FLANNEL_ETCD\"'";
+    let sourced = sh(&bed, host, SOURCED).await;
+    let url = v["commissaire_etcd_server_url"].as_str().expect("url");
+    assert_eq!(sourced, format!("unset|unset|{touch}|{url}"), "{flannel}");
     assert!(flannel.contains(&format!("FLANNEL_ETCD_KEY='{touch}'")), "{flannel}");
     let docker = sh(&bed, host, "cat /etc/default/docker").await;
     assert!(docker.contains(&format!("`touch {MARKER}`")), "{docker}");
@@ -606,6 +612,7 @@ async fn hostile_values_stay_data() {
 /// restart.yaml natively: the host goes down and comes back with a new boot id.
 #[tokio::test]
 async fn restart_waits_for_a_new_boot_id() {
+    let _hosts = HOSTS.lock().await;
     let bed = bed();
     if isolated_hosts(&bed, &[2]).await.is_none() {
         return;
