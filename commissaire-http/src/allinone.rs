@@ -38,17 +38,21 @@ pub struct AllInOne {
 }
 
 /// What the all-in-one process runs.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Options {
     /// Run the services that connect to managed hosts (investigator). Off only
     /// to try or test the REST layer with made-up hosts, which would otherwise
     /// be contacted.
     pub host_services: bool,
+    /// The investigator's configuration members (see
+    /// `investigator::bootstrap_from_config`): the `investigator` object of
+    /// commissaire.conf.
+    pub investigator: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { host_services: true }
+        Options { host_services: true, investigator: serde_json::Map::new() }
     }
 }
 
@@ -69,7 +73,8 @@ pub async fn start(data_dir: &Path, configured_plugins: Vec<PluginSpec>, options
         bus.serve(containermgr::QUEUE, containermgr::PATTERNS, containermgr_service, ServeOptions::default()).await?,
     ];
     if options.host_services {
-        let investigator = Arc::new(Investigator::new(bus.clone(), SshTransport::new(SshConfig::default())));
+        let bootstrap = investigator::bootstrap_from_config(&options.investigator)?;
+        let investigator = Arc::new(Investigator::new(bus.clone(), SshTransport::new(SshConfig::default()), bootstrap));
         services
             .push(bus.serve(investigator::QUEUE, investigator::PATTERNS, investigator, ServeOptions::default()).await?);
     }

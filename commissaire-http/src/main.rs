@@ -26,7 +26,10 @@ async fn main() -> anyhow::Result<()> {
             let aio = allinone::start(
                 data_dir,
                 settings.plugins.clone(),
-                allinone::Options { host_services: settings.host_services },
+                allinone::Options {
+                    host_services: settings.host_services,
+                    investigator: settings.investigator.clone(),
+                },
             )
             .await?;
             tracing::info!(data_dir = %data_dir.display(), "all-in-one: services running in this process");

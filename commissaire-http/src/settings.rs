@@ -85,6 +85,9 @@ pub struct Settings {
     pub all_in_one: Option<PathBuf>,
     /// All-in-one runs the services that reach managed hosts.
     pub host_services: bool,
+    /// The all-in-one investigator's settings: the `investigator` object of the
+    /// configuration file (playbooks_dir, etcd_server_url, docker_registry_host, …).
+    pub investigator: Map<String, Value>,
 }
 
 fn member<'a>(file: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
@@ -178,6 +181,11 @@ impl Flags {
             debug: self.debug || member(&file, "debug").and_then(Value::as_bool).unwrap_or(false),
             all_in_one,
             host_services: !self.no_host_services,
+            investigator: match member(&file, "investigator") {
+                None => Map::new(),
+                Some(Value::Object(members)) => members.clone(),
+                Some(_) => bail!("configuration member investigator must be an object"),
+            },
         })
     }
 }

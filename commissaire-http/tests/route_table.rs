@@ -181,9 +181,13 @@ async fn start_server() -> TestServer {
     let mut options = Map::new();
     options.insert("filepath".into(), json!(users));
     let spec = PluginSpec { name: "httpbasicauth".into(), options };
-    let aio = allinone::start(&dir.path().join("data"), vec![spec], allinone::Options { host_services: false })
-        .await
-        .expect("start the all-in-one services");
+    let aio = allinone::start(
+        &dir.path().join("data"),
+        vec![spec],
+        allinone::Options { host_services: false, ..Default::default() },
+    )
+    .await
+    .expect("start the all-in-one services");
     let auth = Authenticator::new(aio.plugins.clone()).expect("authenticator");
     let state = Arc::new(AppState::new(Api::new(aio.bus.clone()), auth));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

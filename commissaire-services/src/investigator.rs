@@ -4,10 +4,11 @@
 //! For the host it sets `investigating`, logs in over SSH with the host's
 //! credentials (the key stays in memory), pins the host key on first contact
 //! (a later, different key fails the host with a reason saying so), gathers the
-//! facts (os, cpus, memory in MB, space in bytes), then sets `active` when the
-//! host's cluster has a container manager that registered it, `disassociated`
-//! otherwise — or `failed` with the reason. The bootstrap playbook step
-//! (`bootstrapping`) is not run yet.
+//! facts (os, cpus, memory in MB, space in bytes), sets `bootstrapping` and runs
+//! the bootstrap playbook with the variables of the host's OS and of its
+//! cluster's network, then sets `active` when the host's cluster has a
+//! container manager that registered it, `disassociated` otherwise — or
+//! `failed` with the reason at whichever step failed.
 //!
 //! The message is acknowledged after the investigation, so one whose
 //! investigator died is investigated by another instance.
@@ -19,14 +20,17 @@ use base64::Engine;
 use commissaire_core::{
     bus::{Bus, DEFAULT_TIMEOUT, Handler},
     jsonrpc::RpcError,
-    model::{Cluster, Host, HostCreds},
+    model::{Cluster, Host, HostCreds, Network},
     storage_client::{StorageClient, StorageError},
     timestamp,
 };
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
-use crate::transport::{Command, HostTarget, SshTransport};
+use crate::{
+    playbook::{BootstrapSettings, Playbook, PlaybookRunner, bootstrap_vars},
+    transport::{Command, HostTarget, SshTransport},
+};
 
 /// The routing keys the service answers.
 pub const PATTERNS: &[&str] = &["jobs.investigate"];
@@ -72,15 +76,94 @@ pub fn parse_facts(output: &str) -> Result<Facts, String> {
     Ok(facts)
 }
 
+/// Where and how to log in to `host`: its address, the credentials' user and
+/// private key (decoded from base64, kept in memory only) and the pinned host
+/// key when there is one. Shared by every service that logs in to hosts.
+pub fn host_target(host: &Host, creds: &HostCreds) -> Result<HostTarget, String> {
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(creds.ssh_priv_key.as_bytes())
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .map(Zeroizing::new)
+        .ok_or("the credentials' ssh_priv_key is not a base64-encoded key file")?;
+    let target = HostTarget::new(host.address.clone(), creds.remote_user.clone(), key.as_str());
+    Ok(if host.ssh_host_key.is_empty() { target } else { target.pinned(host.ssh_host_key.clone()) })
+}
+
+/// How hosts are bootstrapped: the loaded `bootstrap.yaml` and the
+/// deployment-wide settings its variables come from.
+#[derive(Debug, Clone)]
+pub struct Bootstrap {
+    pub playbook: Playbook,
+    pub settings: BootstrapSettings,
+}
+
+impl Bootstrap {
+    /// Loads `bootstrap.yaml` from `playbooks_dir` (checked before any host is
+    /// touched).
+    pub fn load(
+        playbooks_dir: &std::path::Path,
+        settings: BootstrapSettings,
+    ) -> Result<Self, crate::playbook::PlaybookError> {
+        Ok(Self { playbook: Playbook::load(playbooks_dir.join("bootstrap.yaml"))?, settings })
+    }
+}
+
+/// The investigator's members of a service configuration (all optional):
+/// `playbooks_dir`, `etcd_server_url`, `etcd_ca_path`, `etcd_client_cert_path`,
+/// `etcd_client_key_path`, `flannel_key`, `docker_registry_host`,
+/// `docker_registry_port`.
+pub fn bootstrap_from_config(members: &serde_json::Map<String, Value>) -> Result<Bootstrap, ConfigError> {
+    let string = |name: &str| commissaire_core::config::string_member(members, name).map_err(ConfigError::Config);
+    let path = |name: &str| string(name).map(|v| v.map(std::path::PathBuf::from));
+    let docker_registry = match string("docker_registry_host")? {
+        None => None,
+        Some(host) => {
+            let port = match members.get("docker_registry_port") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(
+                    v.as_u64()
+                        .and_then(|p| u16::try_from(p).ok())
+                        .ok_or_else(|| ConfigError::Invalid("docker_registry_port must be a port number".into()))?,
+                ),
+            };
+            Some(crate::playbook::DockerRegistry { host, port })
+        }
+    };
+    let settings = BootstrapSettings {
+        docker_registry,
+        flannel_key: string("flannel_key")?,
+        etcd_server_url: string("etcd_server_url")?,
+        etcd_ca_path: path("etcd_ca_path")?,
+        etcd_client_cert_path: path("etcd_client_cert_path")?,
+        etcd_client_key_path: path("etcd_client_key_path")?,
+    };
+    let dir = crate::playbook::locate_dir(path("playbooks_dir")?.as_deref()).map_err(ConfigError::Playbook)?;
+    Bootstrap::load(&dir, settings).map_err(ConfigError::Playbook)
+}
+
+/// Why the investigator's configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Config(commissaire_core::config::ConfigError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Playbook(crate::playbook::PlaybookError),
+}
+
 pub struct Investigator {
     bus: Arc<dyn Bus>,
     storage: StorageClient,
     ssh: SshTransport,
+    runner: PlaybookRunner,
+    bootstrap: Bootstrap,
 }
 
 impl Investigator {
-    pub fn new(bus: Arc<dyn Bus>, ssh: SshTransport) -> Self {
-        Self { storage: StorageClient::new(bus.clone()), bus, ssh }
+    pub fn new(bus: Arc<dyn Bus>, ssh: SshTransport, bootstrap: Bootstrap) -> Self {
+        Self { storage: StorageClient::new(bus.clone()), bus, runner: PlaybookRunner::new(ssh.clone()), ssh, bootstrap }
     }
 
     /// Investigates one host; the outcome is recorded on the host.
@@ -89,49 +172,95 @@ impl Investigator {
             tracing::info!(%address, "host deleted before its investigation");
             return Ok(());
         };
-        match self.look(&host).await {
-            Ok((facts, host_key)) => {
-                let (status, reason) = match self.place(address).await {
-                    Ok(status) => (status, String::new()),
-                    Err(reason) => ("failed", reason),
-                };
-                self.set_status(address, status, &reason, |h| {
-                    h.os = facts.os.clone();
-                    h.cpus = facts.cpus;
-                    h.memory = facts.memory;
-                    h.space = facts.space;
-                    if h.ssh_host_key.is_empty() {
-                        h.ssh_host_key = host_key.clone();
-                    }
-                })
-                .await?;
-                tracing::info!(%address, status, os = %facts.os, "investigated");
-            }
-            Err(reason) => {
-                tracing::warn!(%address, %reason, "investigation failed");
-                self.set_status(address, "failed", &reason, |_| {}).await?;
-            }
+        let (facts, target) = match self.look(&host).await {
+            Ok(found) => found,
+            Err(reason) => return self.fail(address, &reason).await,
+        };
+        let pinned = target.pinned_host_key.clone().unwrap_or_default();
+        let saved = self
+            .set_status(address, "bootstrapping", "", |h| {
+                h.os = facts.os.clone();
+                h.cpus = facts.cpus;
+                h.memory = facts.memory;
+                h.space = facts.space;
+                if h.ssh_host_key.is_empty() {
+                    h.ssh_host_key = pinned.clone();
+                }
+            })
+            .await?;
+        if saved.is_none() {
+            tracing::info!(%address, "host deleted during its investigation");
+            return Ok(());
         }
+        if let Err(reason) = self.run_bootstrap(address, &facts.os, &target).await {
+            return self.fail(address, &reason).await;
+        }
+        let (status, reason) = match self.place(address).await {
+            Ok(status) => (status, String::new()),
+            Err(reason) => ("failed", reason),
+        };
+        self.set_status(address, status, &reason, |_| {}).await?;
+        tracing::info!(%address, status, os = %facts.os, "investigated and bootstrapped");
         Ok(())
     }
 
-    /// Logs in and gathers the facts: the facts and the host key seen.
-    async fn look(&self, host: &Host) -> Result<(Facts, String), String> {
+    async fn fail(&self, address: &str, reason: &str) -> Result<(), StorageError> {
+        tracing::warn!(%address, %reason, "investigation failed");
+        self.set_status(address, "failed", reason, |_| {}).await.map(|_| ())
+    }
+
+    /// Runs `bootstrap.yaml` on the host with the variables of its OS and of
+    /// its cluster's network (the `default` network outside a cluster).
+    async fn run_bootstrap(&self, address: &str, os: &str, target: &HostTarget) -> Result<(), String> {
+        let clusters = self.storage.list::<Cluster>().await.map_err(|e| format!("storage: {e}"))?;
+        let network_name = clusters
+            .iter()
+            .find(|c| c.hostset.iter().any(|h| h == address))
+            .map(|c| c.network.clone())
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "default".to_string());
+        let network = match self.storage.find::<Network>(&network_name).await.map_err(|e| format!("storage: {e}"))? {
+            Some(network) => network,
+            // The built-in default, as the server creates it.
+            None if network_name == "default" => Network::new("default"),
+            None => return Err(format!("the cluster's network {network_name} does not exist")),
+        };
+        let mut settings = self.bootstrap.settings.clone();
+        if settings.etcd_server_url.is_none() && network.kind == "flannel_etcd" {
+            settings.etcd_server_url = self.storage_etcd_url().await;
+            if settings.etcd_server_url.is_none() && !network.options.contains_key("etcd_server_url") {
+                tracing::warn!(%address, network = %network.name, "no etcd URL is known for flannel: flanneld keeps its default endpoint");
+            }
+        }
+        let vars = bootstrap_vars(address, os, &network, &settings).map_err(|e| format!("cannot bootstrap: {e}"))?;
+        tracing::info!(%address, network = %network.name, "bootstrapping");
+        self.runner
+            .run(&self.bootstrap.playbook, target, vars)
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("bootstrap failed: {e}"))
+    }
+
+    /// The URL of the storage service's etcd store, if it has one (the
+    /// original's source of flannel's etcd endpoint).
+    async fn storage_etcd_url(&self) -> Option<String> {
+        let handlers = self.bus.request("storage.list_store_handlers", json!({}), DEFAULT_TIMEOUT).await.ok()?;
+        handlers.as_array()?.iter().find_map(|h| {
+            (h.get("handler_type")?.as_str()? == "EtcdStoreHandler")
+                .then(|| h.pointer("/config/server_url")?.as_str().map(str::to_string))
+                .flatten()
+        })
+    }
+
+    /// Logs in and gathers the facts: the facts, and the login target with
+    /// the host key seen pinned (for the bootstrap's connections).
+    async fn look(&self, host: &Host) -> Result<(Facts, HostTarget), String> {
         let creds = match self.storage.get::<HostCreds>(&host.address).await {
             Ok(creds) => creds,
             Err(StorageError::NotFound { .. }) => return Err("the host has no credentials".into()),
             Err(err) => return Err(format!("credentials unavailable: {err}")),
         };
-        let key = base64::engine::general_purpose::STANDARD
-            .decode(creds.ssh_priv_key.as_bytes())
-            .ok()
-            .and_then(|bytes| String::from_utf8(bytes).ok())
-            .map(Zeroizing::new)
-            .ok_or("the credentials' ssh_priv_key is not a base64-encoded key file")?;
-        let mut target = HostTarget::new(host.address.clone(), creds.remote_user.clone(), key.as_str());
-        if !host.ssh_host_key.is_empty() {
-            target = target.pinned(host.ssh_host_key.clone());
-        }
+        let target = host_target(host, &creds)?;
         let output = self.ssh.run(&target, &Command::script(FACTS)).await.map_err(|e| e.to_string())?;
         if !output.success() {
             return Err(format!("gathering facts failed on the host: {}", output.stderr.trim()));
@@ -140,7 +269,7 @@ impl Investigator {
         if !SUPPORTED_OS.contains(&facts.os.as_str()) {
             return Err(format!("unsupported OS {:?} (supported: {})", facts.os, SUPPORTED_OS.join(", ")));
         }
-        Ok((facts, output.host_key))
+        Ok((facts, target.pinned(output.host_key)))
     }
 
     /// The status a reachable host ends in: `active` once its cluster's

@@ -49,7 +49,8 @@ async fn fixture() -> Fixture {
     let cm = Arc::new(ContainerManagerService::new(bus.clone()));
     std::mem::forget(bus.serve(containermgr::QUEUE, containermgr::PATTERNS, cm, opts()).await.expect("serve"));
     let ssh = SshTransport::new(SshConfig { connect_timeout: Duration::from_secs(5), ..SshConfig::default() });
-    let inv = Arc::new(Investigator::new(bus.clone(), ssh));
+    let bootstrap = investigator::bootstrap_from_config(&serde_json::Map::new()).expect("the repository's playbooks");
+    let inv = Arc::new(Investigator::new(bus.clone(), ssh, bootstrap));
     std::mem::forget(bus.serve(investigator::QUEUE, investigator::PATTERNS, inv, opts()).await.expect("serve"));
     let key_text = std::fs::read_to_string(env("COMMISSAIRE_TEST_KEY")).expect("test key");
     Fixture {
@@ -77,12 +78,13 @@ impl Fixture {
         self.bus.publish("jobs.investigate", &serde_json::to_value(note).expect("json")).await.expect("publish");
     }
 
-    /// Waits until the host leaves `investigating` (and its initial empty status).
+    /// Waits until the host reaches a final status (not empty, `investigating`
+    /// or `bootstrapping`).
     async fn settled(&self, address: &str) -> Host {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let host = self.storage.get::<Host>(address).await.expect("host");
-            if !host.status.is_empty() && host.status != "investigating" {
+            if !["", "investigating", "bootstrapping"].contains(&host.status.as_str()) {
                 return host;
             }
             assert!(Instant::now() < deadline, "host {address} still {:?}", host.status);

@@ -20,7 +20,10 @@ async fn main() -> anyhow::Result<()> {
     let config = cli.common.resolve("/etc/commissaire/investigator.conf")?;
     runner::init_logging(config.debug);
     let bus = config.connect_bus().await?;
-    let service = std::sync::Arc::new(Investigator::new(bus.clone(), SshTransport::new(SshConfig::default())));
+    let bootstrap = investigator::bootstrap_from_config(&config.members)?;
+    tracing::info!(playbook = %bootstrap.playbook.path().display(), "bootstrap playbook loaded");
+    let service =
+        std::sync::Arc::new(Investigator::new(bus.clone(), SshTransport::new(SshConfig::default()), bootstrap));
     runner::serve_until_stopped(&config, &bus, investigator::QUEUE, investigator::PATTERNS, service, "investigator")
         .await
 }

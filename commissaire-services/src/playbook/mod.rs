@@ -39,6 +39,8 @@ use crate::transport::TransportError;
 pub enum PlaybookError {
     #[error("cannot read playbook {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
+    #[error("no playbooks directory: looked in {searched}; set playbooks_dir in the configuration")]
+    NoDirectory { searched: String },
     #[error("{path}: not valid YAML: {message}")]
     Yaml { path: PathBuf, message: String },
     /// The playbook uses something outside the engine's subset, or has a syntax error in a
@@ -51,6 +53,22 @@ pub enum PlaybookError {
     /// The host could not be reached (or the connection failed) while running a task.
     #[error("task {task:?}: {source}")]
     Unreachable { host: String, task: String, source: Box<TransportError>, report: Box<PlaybookReport> },
+}
+
+/// Where the installed playbooks are (packages put them here).
+pub const INSTALLED_DIR: &str = "/usr/share/commissaire/playbooks";
+
+/// The playbooks directory: `configured` when given, else [`INSTALLED_DIR`],
+/// else the source tree's `playbooks/` (running from a checkout).
+pub fn locate_dir(configured: Option<&std::path::Path>) -> Result<PathBuf, PlaybookError> {
+    if let Some(dir) = configured {
+        return Ok(dir.to_path_buf());
+    }
+    let candidates =
+        [PathBuf::from(INSTALLED_DIR), PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../playbooks"))];
+    candidates.iter().find(|d| d.join("bootstrap.yaml").is_file()).cloned().ok_or_else(|| PlaybookError::NoDirectory {
+        searched: candidates.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(" and "),
+    })
 }
 
 fn stderr_suffix(stderr: &str) -> String {

@@ -35,8 +35,6 @@ pub enum OsError {
     UnknownNetworkType { network: String, kind: String },
     #[error("network {network:?} of type flannel_server needs the option `address` (host:port of the flannel server)")]
     MissingServerAddress { network: String },
-    #[error("flannel_etcd network {network:?} needs the etcd server URL of the deployment (BootstrapSettings)")]
-    MissingEtcdUrl { network: String },
     #[error("{what} {value:?} is not acceptable: {reason}")]
     InvalidValue { what: &'static str, value: String, reason: &'static str },
 }
@@ -231,10 +229,20 @@ pub fn bootstrap_vars(
             v.insert("commissaire_flanneld_server".into(), json!(address));
         }
         "flannel_etcd" => {
-            let url = settings
-                .etcd_server_url
-                .clone()
-                .ok_or_else(|| OsError::MissingEtcdUrl { network: network.name.clone() })?;
+            // The network's own `etcd_server_url` option, else the deployment's. With
+            // neither, flanneld keeps its built-in default endpoint.
+            let url = match network.options.get("etcd_server_url") {
+                Some(Value::String(u)) if !u.is_empty() => Some(u.clone()),
+                Some(other @ (Value::Number(_) | Value::Bool(_) | Value::Array(_) | Value::Object(_))) => {
+                    return Err(OsError::InvalidValue {
+                        what: "network option etcd_server_url",
+                        value: other.to_string(),
+                        reason: "it must be a string",
+                    });
+                }
+                _ => settings.etcd_server_url.clone(),
+            };
+            let Some(url) = url else { return Ok(v) };
             check_url(&url)?;
             let https = url.to_ascii_lowercase().starts_with("https://");
             v.insert("commissaire_etcd_server_url".into(), json!(url));
