@@ -72,6 +72,20 @@ pub fn parse_facts(output: &str) -> Result<Facts, String> {
     Ok(facts)
 }
 
+/// Where and how to log in to `host`: its address, the credentials' user and
+/// private key (decoded from base64, kept in memory only) and the pinned host
+/// key when there is one. Shared by every service that logs in to hosts.
+pub fn host_target(host: &Host, creds: &HostCreds) -> Result<HostTarget, String> {
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(creds.ssh_priv_key.as_bytes())
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .map(Zeroizing::new)
+        .ok_or("the credentials' ssh_priv_key is not a base64-encoded key file")?;
+    let target = HostTarget::new(host.address.clone(), creds.remote_user.clone(), key.as_str());
+    Ok(if host.ssh_host_key.is_empty() { target } else { target.pinned(host.ssh_host_key.clone()) })
+}
+
 pub struct Investigator {
     bus: Arc<dyn Bus>,
     storage: StorageClient,
@@ -122,16 +136,7 @@ impl Investigator {
             Err(StorageError::NotFound { .. }) => return Err("the host has no credentials".into()),
             Err(err) => return Err(format!("credentials unavailable: {err}")),
         };
-        let key = base64::engine::general_purpose::STANDARD
-            .decode(creds.ssh_priv_key.as_bytes())
-            .ok()
-            .and_then(|bytes| String::from_utf8(bytes).ok())
-            .map(Zeroizing::new)
-            .ok_or("the credentials' ssh_priv_key is not a base64-encoded key file")?;
-        let mut target = HostTarget::new(host.address.clone(), creds.remote_user.clone(), key.as_str());
-        if !host.ssh_host_key.is_empty() {
-            target = target.pinned(host.ssh_host_key.clone());
-        }
+        let target = host_target(host, &creds)?;
         let output = self.ssh.run(&target, &Command::script(FACTS)).await.map_err(|e| e.to_string())?;
         if !output.success() {
             return Err(format!("gathering facts failed on the host: {}", output.stderr.trim()));

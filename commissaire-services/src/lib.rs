@@ -8,3 +8,4 @@ pub mod runner;
 pub mod storage;
 pub mod store;
 pub mod transport;
+pub mod watcher;
