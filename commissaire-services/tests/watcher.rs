@@ -68,7 +68,7 @@ struct Fixture {
     key_text: String,
     log: Log,
     _serving: ServeHandle,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 async fn fixture() -> Fixture {
@@ -90,7 +90,7 @@ async fn fixture() -> Fixture {
         key_text: std::fs::read_to_string(env("COMMISSAIRE_TEST_KEY")).expect("test key"),
         log: Arc::default(),
         _serving: serving,
-        _dir: dir,
+        dir,
     }
 }
 
@@ -322,4 +322,39 @@ async fn a_changed_host_key_fails_the_host_saying_so() {
     let host = fx.host(address).await;
     assert!(host.reason.contains("host key") && host.reason.contains("changed"), "{}", host.reason);
     assert_eq!(fx.host(other).await.status, "disassociated");
+}
+
+#[tokio::test]
+async fn the_binary_reads_its_configuration_and_stops_on_sigterm() {
+    let _up = HOSTS_UP.read().await;
+    let fx = fixture().await;
+    let address = "127.0.0.11";
+    fx.add_host(address, "disassociated").await;
+    let conf = fx.dir.path().join("watcher.conf");
+    let text = json!({"bus_uri": fx.amqp, "bus_exchange": fx.exchange, "interval": 1, "jitter": 0.1, "tick": 0.25});
+    std::fs::write(&conf, text.to_string()).expect("write conf");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_commissaire-watcher-service"))
+        .arg("-c")
+        .arg(&conf)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the watcher binary");
+    wait_for("the binary to check the host", || async {
+        let host = fx.host(address).await;
+        host.status == "disassociated" && !host.last_check.is_empty()
+    })
+    .await;
+    let record = fx.storage.get::<WatcherRecord>(address).await.expect("record");
+    assert!(record.owner.starts_with(&format!("watcher-{}-", child.id())), "{record:?}");
+    let killed = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    assert!(killed.success());
+    let deadline = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the binary did not stop on SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
 }

@@ -136,7 +136,13 @@ impl Watcher {
         tracing::info!(id = %self.id, interval = ?self.config.schedule.interval, "watcher started");
         let mut tasks = JoinSet::new();
         while !stop.is_cancelled() {
-            let (wake, waiting) = match self.tick(&mut tasks).await {
+            // A tick waiting on an unavailable store must not delay a stop;
+            // what it leaves half done the next tick of any instance redoes.
+            let ticked = tokio::select! {
+                _ = stop.cancelled() => break,
+                ticked = self.tick(&mut tasks) => ticked,
+            };
+            let (wake, waiting) = match ticked {
                 Ok(next) => next,
                 Err(err) => {
                     tracing::warn!(error = %err, "watcher tick failed; trying again");
@@ -491,5 +497,15 @@ mod tests {
             settings(&members(json!({"jitter": 2})), &Overrides::default()),
             Err(SettingsError::Schedule(ScheduleError::BadJitter(_)))
         ));
+    }
+
+    #[test]
+    fn the_shipped_configuration_parses() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../conf/watcher.conf");
+        let text = std::fs::read_to_string(path).expect("conf/watcher.conf");
+        let members = commissaire_core::config::parse(&text, "watcher.conf").expect("json object");
+        let config = settings(&members, &Overrides::default()).expect("settings");
+        assert_eq!(config.schedule, Schedule::default());
+        assert_eq!(config.concurrency, 16);
     }
 }
