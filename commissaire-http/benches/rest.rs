@@ -84,7 +84,9 @@ async fn serve(name: &'static str, bus: Arc<dyn Bus>, plugins: Vec<PluginSpec>, 
 }
 
 async fn all_in_one(dir: &Path) -> Setup {
-    let aio = allinone::start(&dir.join("aio"), vec![users_file(dir)]).await.expect("all-in-one");
+    let aio = allinone::start(&dir.join("aio"), vec![users_file(dir)], allinone::Options { host_services: false })
+        .await
+        .expect("all-in-one");
     serve("all-in-one", aio.bus, aio.plugins, aio.services).await
 }
 

@@ -2,8 +2,9 @@
 //! state in one data directory (the embedded store, the secrets key and, when no
 //! authentication is configured, a users file with a generated admin).
 //!
-//! The storage and container manager services run here so far; the
-//! investigator, watcher and cluster exec services join as they are built.
+//! It runs the storage, container manager and investigator services (the last
+//! one only with [`Options::host_services`]); the watcher and cluster exec
+//! services join as they are built.
 
 use std::{
     fs,
@@ -19,7 +20,9 @@ use commissaire_core::{
 };
 use commissaire_services::{
     containermgr::{self, ContainerManagerService},
+    investigator::{self, Investigator},
     storage::{self, StorageService},
+    transport::{SshConfig, SshTransport},
 };
 use rand::{Rng, distributions::Alphanumeric};
 use serde_json::json;
@@ -34,8 +37,23 @@ pub struct AllInOne {
     pub plugins: Vec<PluginSpec>,
 }
 
+/// What the all-in-one process runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Run the services that connect to managed hosts (investigator). Off only
+    /// to try or test the REST layer with made-up hosts, which would otherwise
+    /// be contacted.
+    pub host_services: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { host_services: true }
+    }
+}
+
 /// Starts every service on a fresh in-process bus with its state in `data_dir`.
-pub async fn start(data_dir: &Path, configured_plugins: Vec<PluginSpec>) -> anyhow::Result<AllInOne> {
+pub async fn start(data_dir: &Path, configured_plugins: Vec<PluginSpec>, options: Options) -> anyhow::Result<AllInOne> {
     create_private_dir(data_dir)?;
     let key = SecretsKey::load_or_generate(&data_dir.join("secrets.key"))?;
     let store_path = data_dir.join("store.redb");
@@ -46,10 +64,15 @@ pub async fn start(data_dir: &Path, configured_plugins: Vec<PluginSpec>) -> anyh
     let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
     let storage_service = Arc::new(StorageService::new(handlers, key, bus.clone()));
     let containermgr_service = Arc::new(ContainerManagerService::new(bus.clone()));
-    let services = vec![
+    let mut services = vec![
         bus.serve(storage::QUEUE, storage::PATTERNS, storage_service, ServeOptions::default()).await?,
         bus.serve(containermgr::QUEUE, containermgr::PATTERNS, containermgr_service, ServeOptions::default()).await?,
     ];
+    if options.host_services {
+        let investigator = Arc::new(Investigator::new(bus.clone(), SshTransport::new(SshConfig::default())));
+        services
+            .push(bus.serve(investigator::QUEUE, investigator::PATTERNS, investigator, ServeOptions::default()).await?);
+    }
     let plugins = if configured_plugins.is_empty() { vec![admin_identity(data_dir)?] } else { configured_plugins };
     Ok(AllInOne { bus, services, plugins })
 }

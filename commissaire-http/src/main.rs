@@ -23,7 +23,12 @@ async fn main() -> anyhow::Result<()> {
 
     let (bus, plugins, services) = match &settings.all_in_one {
         Some(data_dir) => {
-            let aio = allinone::start(data_dir, settings.plugins.clone()).await?;
+            let aio = allinone::start(
+                data_dir,
+                settings.plugins.clone(),
+                allinone::Options { host_services: settings.host_services },
+            )
+            .await?;
             tracing::info!(data_dir = %data_dir.display(), "all-in-one: services running in this process");
             (aio.bus, aio.plugins, aio.services)
         }

@@ -37,6 +37,9 @@ pub enum Route {
     HostCreds { address: String },
     /// `/api/v0/host/{address}/status`
     HostStatus { address: String },
+    /// `/api/v0/host/{address}/hostkey`: the pinned SSH host key; DELETE
+    /// forgets it (the operator trusts a new key) and investigates again.
+    HostKey { address: String },
     /// `/api/v0/clusters` (and the documented alias `/api/v0/cluster/`)
     Clusters,
     /// `/api/v0/cluster/{name}`
@@ -64,10 +67,12 @@ impl Route {
         const GET_PUT: &[Method] = &[Method::GET, Method::PUT];
         const GET_PUT_DELETE: &[Method] = &[Method::GET, Method::PUT, Method::DELETE];
         const PUT: &[Method] = &[Method::PUT];
+        const GET_DELETE: &[Method] = &[Method::GET, Method::DELETE];
         match self {
             Route::Hosts | Route::Clusters | Route::Networks | Route::ContainerManagers => GET,
             Route::HostSelf => PUT,
             Route::HostCreds { .. } | Route::HostStatus { .. } => GET,
+            Route::HostKey { .. } => GET_DELETE,
             Route::ClusterHosts { .. } | Route::ClusterOperation { .. } => GET_PUT,
             Route::Host { .. }
             | Route::Cluster { .. }
@@ -85,6 +90,7 @@ impl Route {
             Route::Host { .. } => "host",
             Route::HostCreds { .. } => "host_creds",
             Route::HostStatus { .. } => "host_status",
+            Route::HostKey { .. } => "host_key",
             Route::Clusters => "clusters",
             Route::Cluster { .. } => "cluster",
             Route::ClusterHosts { .. } => "cluster_hosts",
@@ -134,6 +140,7 @@ pub fn resolve(path: &str) -> Option<Route> {
         ["host", a] => Some(Route::Host { address: address(a)? }),
         ["host", a, "creds"] => strict(Route::HostCreds { address: address(a)? }),
         ["host", a, "status"] => Some(Route::HostStatus { address: address(a)? }),
+        ["host", a, "hostkey"] => strict(Route::HostKey { address: address(a)? }),
         ["clusters"] => Some(Route::Clusters),
         // `/api/v0/cluster/` was documented as the list.
         ["cluster"] if trailing => Some(Route::Clusters),

@@ -245,6 +245,8 @@ async fn dispatch(api: &Api, route: Route, method: &Method, client: IpAddr, body
         (Host { address }, Method::DELETE) => api.delete_host(&address).await,
         (HostCreds { address }, Method::GET) => api.get_host_creds(&address).await,
         (HostStatus { address }, Method::GET) => api.get_host_status(&address).await,
+        (HostKey { address }, Method::GET) => api.get_host_key(&address).await,
+        (HostKey { address }, Method::DELETE) => api.delete_host_key(&address).await,
         (Clusters, Method::GET) => api.list_clusters().await,
         (Cluster { name }, Method::GET) => api.get_cluster(&name).await,
         (Cluster { name }, Method::PUT) => api.put_cluster(&name, body).await,

@@ -63,6 +63,10 @@ pub struct Flags {
     /// (default $XDG_DATA_HOME/commissaire, else ~/.local/share/commissaire).
     #[arg(long, value_name = "DIR", requires = "all_in_one")]
     pub data_dir: Option<PathBuf>,
+    /// All-in-one without the services that connect to managed hosts over SSH
+    /// (investigator, watcher): for trying the REST API with made-up hosts.
+    #[arg(long, requires = "all_in_one")]
+    pub no_host_services: bool,
 }
 
 /// Everything resolved, flags over file over defaults.
@@ -79,6 +83,8 @@ pub struct Settings {
     pub bus_exchange: String,
     pub debug: bool,
     pub all_in_one: Option<PathBuf>,
+    /// All-in-one runs the services that reach managed hosts.
+    pub host_services: bool,
 }
 
 fn member<'a>(file: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
@@ -171,6 +177,7 @@ impl Flags {
             },
             debug: self.debug || member(&file, "debug").and_then(Value::as_bool).unwrap_or(false),
             all_in_one,
+            host_services: !self.no_host_services,
         })
     }
 }

@@ -60,6 +60,7 @@ const TABLE: &[(&str, &[&str])] = &[
     ("/api/v0/host/10.0.0.1", &["GET", "PUT", "DELETE"]),
     ("/api/v0/host/10.0.0.1/creds", &["GET"]),
     ("/api/v0/host/10.0.0.1/status", &["GET"]),
+    ("/api/v0/host/10.0.0.1/hostkey", &["GET", "DELETE"]),
     ("/api/v0/clusters", &["GET"]),
     ("/api/v0/cluster/", &["GET"]),
     ("/api/v0/cluster/c1", &["GET", "PUT", "DELETE"]),
@@ -83,6 +84,7 @@ fn route_kind(route: &Route) -> &'static str {
         Route::Host { .. } => "host",
         Route::HostCreds { .. } => "host_creds",
         Route::HostStatus { .. } => "host_status",
+        Route::HostKey { .. } => "host_key",
         Route::Clusters => "clusters",
         Route::Cluster { .. } => "cluster",
         Route::ClusterHosts { .. } => "cluster_hosts",
@@ -103,6 +105,7 @@ const ALL_KINDS: &[&str] = &[
     "host",
     "host_creds",
     "host_status",
+    "host_key",
     "clusters",
     "cluster",
     "cluster_hosts",
@@ -127,6 +130,7 @@ const UNKNOWN_PATHS: &[&str] = &[
     "/api/v0/nothing",
     "/api/v0/hosts/extra",
     "/api/v0/host/10.0.0.1/creds/",
+    "/api/v0/host/10.0.0.1/hostkey/",
     "/api/v0/host/10.0.0.1/secrets",
     "/api/v0/cluster/c1/reboot",
     "/api/v0/cluster/c1/restart/",
@@ -177,7 +181,9 @@ async fn start_server() -> TestServer {
     let mut options = Map::new();
     options.insert("filepath".into(), json!(users));
     let spec = PluginSpec { name: "httpbasicauth".into(), options };
-    let aio = allinone::start(&dir.path().join("data"), vec![spec]).await.expect("start the all-in-one services");
+    let aio = allinone::start(&dir.path().join("data"), vec![spec], allinone::Options { host_services: false })
+        .await
+        .expect("start the all-in-one services");
     let auth = Authenticator::new(aio.plugins.clone()).expect("authenticator");
     let state = Arc::new(AppState::new(Api::new(aio.bus.clone()), auth));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -4,6 +4,7 @@
 
 pub mod containermgr;
 pub mod investigator;
+pub mod playbook;
 pub mod runner;
 pub mod storage;
 pub mod store;

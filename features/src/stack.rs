@@ -36,11 +36,13 @@ pub const ADMIN: &str = "admin";
 /// Read-only user.
 pub const VIEWER: &str = "viewer";
 
-/// The two binaries the suite runs.
+/// The binaries the suite runs.
 #[derive(Debug, Clone)]
 pub struct Binaries {
     pub server: PathBuf,
     pub storage: PathBuf,
+    pub investigator: PathBuf,
+    pub containermgr: PathBuf,
 }
 
 impl Binaries {
@@ -56,16 +58,21 @@ impl Binaries {
             }
         }
         let find = |name: &str| dirs.iter().map(|d| d.join(name)).find(|p| p.is_file());
-        match (find("commissaire-server"), find("commissaire-storage-service")) {
-            (Some(server), Some(storage)) => {
-                let bins = Self { server, storage };
+        let services = (
+            find("commissaire-storage-service"),
+            find("commissaire-investigator-service"),
+            find("commissaire-containermgr-service"),
+        );
+        match (find("commissaire-server"), services) {
+            (Some(server), (Some(storage), Some(investigator), Some(containermgr))) => {
+                let bins = Self { server, storage, investigator, containermgr };
                 bins.check_fresh()?;
                 Ok(bins)
             }
             _ => bail!(
-                "commissaire-server and commissaire-storage-service were not found in {}: build them first with \
-                 `cargo build --workspace --bins` (scripts/test builds them as part of `cargo test --workspace \
-                 --all-targets`)",
+                "commissaire-server and the service binaries (storage, investigator, containermgr) were not found \
+                 in {}: build them first with `cargo build --workspace --bins` (scripts/test builds them as part of \
+                 `cargo test --workspace --all-targets`)",
                 dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(" or ")
             ),
         }
@@ -80,12 +87,18 @@ impl Binaries {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("workspace root")?;
         let services_bin = root.join("commissaire-services/src/bin");
         let storage_main = services_bin.join("commissaire-storage-service.rs");
+        let investigator_main = services_bin.join("commissaire-investigator-service.rs");
         // What each binary is built from (other binaries' mains excluded).
         let server_sources = |p: &Path| !p.starts_with(&services_bin);
         let storage_sources = |p: &Path| !p.starts_with(&services_bin) || p == storage_main;
-        let checks: [(&PathBuf, &[&str], SourceFilter<'_>); 2] = [
+        let investigator_sources = |p: &Path| !p.starts_with(&services_bin) || p == investigator_main;
+        let containermgr_main = services_bin.join("commissaire-containermgr-service.rs");
+        let containermgr_sources = |p: &Path| !p.starts_with(&services_bin) || p == containermgr_main;
+        let checks: [(&PathBuf, &[&str], SourceFilter<'_>); 4] = [
             (&self.server, &["commissaire-core", "commissaire-services", "commissaire-http"], &server_sources),
             (&self.storage, &["commissaire-core", "commissaire-services"], &storage_sources),
+            (&self.investigator, &["commissaire-core", "commissaire-services"], &investigator_sources),
+            (&self.containermgr, &["commissaire-core", "commissaire-services"], &containermgr_sources),
         ];
         for (binary, crates, include) in checks {
             let mut newest = None;
@@ -207,15 +220,18 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// The multi-process deployment: storage service on etcd, REST server, on AMQP.
-    pub async fn multi_process(bins: &Binaries) -> anyhow::Result<Self> {
+    /// The multi-process deployment: storage service on etcd, REST server, on
+    /// AMQP; with `host_services`, also the investigator service.
+    pub async fn multi_process(bins: &Binaries, host_services: bool) -> anyhow::Result<Self> {
         let amqp = env("COMMISSAIRE_AMQP_URL")?;
         let etcd = env("COMMISSAIRE_ETCD_URL")?;
         let run = uuid::Uuid::new_v4().simple().to_string();
         let exchange = format!("features-{run}");
         let namespace = format!("/features-{run}");
+        let extra = if host_services { " + commissaire-investigator-service" } else { "" };
         let mut stack = Self::prepare(format!(
-            "commissaire-storage-service (etcd {etcd}, namespace {namespace}) + commissaire-server, \
+            "commissaire-storage-service (etcd {etcd}, namespace {namespace}) + commissaire-containermgr-service \
+             + commissaire-server{extra}, \
              on AMQP exchange {exchange}"
         ))?;
         stack.etcd_namespace = Some((etcd.clone(), namespace.clone()));
@@ -244,6 +260,18 @@ impl Stack {
         let log = stack.dir.path().join("storage.log");
         stack.processes.push(Process::spawn("commissaire-storage-service", storage, log)?);
         stack.wait_for_log("storage service ready").await?;
+        let mut containermgr = Command::new(&bins.containermgr);
+        containermgr.args(["--bus-uri", &amqp, "--bus-exchange", &exchange]);
+        let log = stack.dir.path().join("containermgr.log");
+        stack.processes.push(Process::spawn("commissaire-containermgr-service", containermgr, log)?);
+        stack.wait_for_log("container manager service ready").await?;
+        if host_services {
+            let mut investigator = Command::new(&bins.investigator);
+            investigator.args(["--bus-uri", &amqp, "--bus-exchange", &exchange]);
+            let log = stack.dir.path().join("investigator.log");
+            stack.processes.push(Process::spawn("commissaire-investigator-service", investigator, log)?);
+            stack.wait_for_log("investigator service ready").await?;
+        }
 
         let users = stack.dir.path().join("users.json");
         let mut attempts = 0;
@@ -264,9 +292,14 @@ impl Stack {
         }
     }
 
-    /// The all-in-one deployment: one `commissaire-server --all-in-one`.
-    pub async fn all_in_one(bins: &Binaries) -> anyhow::Result<Self> {
-        let mut stack = Self::prepare("commissaire-server --all-in-one (in-process bus, embedded store)")?;
+    /// The all-in-one deployment: one `commissaire-server --all-in-one`, with
+    /// `--no-host-services` unless `host_services`.
+    pub async fn all_in_one(bins: &Binaries, host_services: bool) -> anyhow::Result<Self> {
+        let mut stack = Self::prepare(if host_services {
+            "commissaire-server --all-in-one (in-process bus, embedded store)"
+        } else {
+            "commissaire-server --all-in-one --no-host-services (in-process bus, embedded store)"
+        })?;
         let data = stack.dir.path().join("data");
         let users = stack.dir.path().join("users.json");
         let mut attempts = 0;
@@ -278,6 +311,7 @@ impl Stack {
                 .args(["--no-config-file", "--all-in-one", "--data-dir"])
                 .arg(&data)
                 .args(["--listen-port", &port.to_string()])
+                .args(if host_services { &[][..] } else { &["--no-host-services"][..] })
                 .arg("--authentication-plugin")
                 .arg(format!("httpbasicauth:filepath={}", users.display()));
             match stack.start_server(server, port).await {

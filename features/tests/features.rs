@@ -19,6 +19,7 @@ use std::{
 use commissaire_features::{
     client::{Body, Client, Request, Response},
     stack::{ADMIN, Binaries, Stack},
+    test_hosts::{HostLease, TestHosts},
 };
 use cucumber::{World as _, gherkin::Step, given, then, when, writer};
 use hyper::Method;
@@ -29,7 +30,13 @@ use serde_json::Value;
 struct Target {
     client: Client,
     users: std::collections::BTreeMap<String, String>,
+    /// The sshd test hosts, for the `@hosts` scenarios.
+    hosts: Option<Arc<TestHosts>>,
 }
+
+/// Scenarios tagged `@hosts` (on the feature or the scenario) need real test
+/// hosts and a stack that contacts them; the others use made-up hosts.
+const HOSTS_TAG: &str = "hosts";
 
 static TARGET: Mutex<Option<Arc<Target>>> = Mutex::new(None);
 
@@ -54,6 +61,11 @@ struct ApiWorld {
     response: Option<Response>,
     /// Requests sent at the same time: what each sent and got.
     batch: Vec<(Request, Response)>,
+    /// `$word` names bound to a value instead of `word-<id>` (test host
+    /// addresses, keys).
+    bindings: std::collections::HashMap<String, String>,
+    /// Test hosts this scenario holds.
+    leases: Vec<HostLease>,
 }
 
 impl ApiWorld {
@@ -61,10 +73,15 @@ impl ApiWorld {
         let target = current_target();
         let auth = Auth::Basic(ADMIN.into(), target.users[ADMIN].clone());
         let id = uuid::Uuid::new_v4().simple().to_string()[..10].to_string();
-        Self { target, id, auth, response: None, batch: Vec::new() }
+        let mut bindings = std::collections::HashMap::new();
+        if let Some(hosts) = &target.hosts {
+            bindings.insert("TEST_KEY".to_string(), hosts.key.clone());
+            bindings.insert("OTHER_KEY".to_string(), hosts.other_key.clone());
+        }
+        Self { target, id, auth, response: None, batch: Vec::new(), bindings, leases: Vec::new() }
     }
 
-    /// Replaces every `$word` by `word-<scenario id>`.
+    /// Replaces every `$word` by its binding, else by `word-<scenario id>`.
     fn expand(&self, text: &str) -> String {
         let mut out = String::with_capacity(text.len() + 16);
         let mut chars = text.chars().peekable();
@@ -73,15 +90,22 @@ impl ApiWorld {
                 out.push(c);
                 continue;
             }
+            let mut word = String::new();
             while let Some(&n) = chars.peek() {
                 if !(n.is_ascii_alphanumeric() || n == '_') {
                     break;
                 }
-                out.push(n);
+                word.push(n);
                 chars.next();
             }
-            out.push('-');
-            out.push_str(&self.id);
+            match self.bindings.get(&word) {
+                Some(value) => out.push_str(value),
+                None => {
+                    out.push_str(&word);
+                    out.push('-');
+                    out.push_str(&self.id);
+                }
+            }
         }
         out
     }
@@ -445,6 +469,102 @@ async fn answers_are_true(w: &mut ApiWorld) {
 }
 
 // ---------------------------------------------------------------------------
+// Real test hosts (`@hosts` scenarios)
+
+impl ApiWorld {
+    fn test_hosts(&self) -> Arc<TestHosts> {
+        self.target.hosts.clone().expect("this step needs the test hosts: tag the scenario @hosts")
+    }
+
+    fn bound(&self, name: &str) -> String {
+        let word = name.trim_start_matches('$');
+        self.bindings.get(word).unwrap_or_else(|| panic!("{name} is not bound to a test host")).clone()
+    }
+}
+
+#[given(regex = r"^a test host (\$\w+)$")]
+async fn a_test_host(w: &mut ApiWorld, name: String) {
+    let lease = w.test_hosts().lease().await.unwrap_or_else(|e| panic!("{e:#}"));
+    // An earlier scenario may have added this host to the stack: start afresh.
+    let request = w.request("DELETE", &format!("/api/v0/host/{}", lease.address));
+    let status = w.send(request).await.status.as_u16();
+    assert!(matches!(status, 200 | 404), "removing an earlier scenario's host {}: {status}", lease.address);
+    w.response = None;
+    w.bindings.insert(name.trim_start_matches('$').to_string(), lease.address.clone());
+    w.leases.push(lease);
+}
+
+#[given(regex = r"^an address (\$\w+) where no SSH server answers$")]
+async fn dead_address(w: &mut ApiWorld, name: String) {
+    // Loopback, so nothing leaves the machine; no test host uses .99.
+    w.bindings.insert(name.trim_start_matches('$').to_string(), "127.0.0.99".to_string());
+}
+
+#[when(regex = r"^the test host (\$\w+) gets a new host key$")]
+async fn rekey(w: &mut ApiWorld, name: String) {
+    let address = w.bound(&name);
+    w.test_hosts().testbed(&["host-rekey", &address]).unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+#[given(regex = r#"^within (\d+) seconds host (\$\w+) has status "(\w+)"$"#)]
+#[then(regex = r#"^within (\d+) seconds host (\$\w+) has status "(\w+)"$"#)]
+async fn eventually_status(w: &mut ApiWorld, seconds: u64, name: String, status: String) {
+    let address = w.bound(&name);
+    let deadline = Instant::now() + std::time::Duration::from_secs(seconds);
+    loop {
+        let request = w.request("GET", &format!("/api/v0/host/{address}"));
+        let response = w.send(request).await;
+        let body = response.json().ok();
+        let current = body.as_ref().and_then(|b| b.get("status")).and_then(Value::as_str).unwrap_or_default();
+        if current == status {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "host {address} did not reach status {status:?} within {seconds}s; last answer: {} {}",
+            response.status,
+            response.text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[then(regex = r#"^the response has a positive number at "([^"]*)"$"#)]
+async fn field_positive(w: &mut ApiWorld, pointer: String) {
+    let body = w.body();
+    let value = at(&body, &pointer).as_u64().unwrap_or(0);
+    assert!(value > 0, "field {pointer} of {body} is not a positive number");
+}
+
+#[when(regex = r#"^I remember the response field "([^"]*)" as (\$\w+)$"#)]
+async fn remember(w: &mut ApiWorld, pointer: String, name: String) {
+    let body = w.body();
+    let value = at(&body, &pointer).as_str().unwrap_or_else(|| panic!("field {pointer} of {body} is not a string"));
+    w.bindings.insert(name.trim_start_matches('$').to_string(), value.to_string());
+}
+
+#[then(regex = r#"^the response field "([^"]*)" differs from (\$\w+)$"#)]
+async fn field_differs(w: &mut ApiWorld, pointer: String, name: String) {
+    let body = w.body();
+    let remembered = w.bound(&name);
+    assert_ne!(at(&body, &pointer).as_str(), Some(remembered.as_str()), "field {pointer} of {body}");
+}
+
+#[then(regex = r#"^the response field "([^"]*)" mentions "([^"]*)"$"#)]
+async fn field_mentions(w: &mut ApiWorld, pointer: String, text: String) {
+    let body = w.body();
+    let value = at(&body, &pointer).as_str().unwrap_or_else(|| panic!("field {pointer} of {body} is not a string"));
+    assert!(value.contains(&text), "field {pointer} of {body} does not mention {text:?}");
+}
+
+#[then(regex = r#"^the response field "([^"]*)" starts with "([^"]*)"$"#)]
+async fn field_starts(w: &mut ApiWorld, pointer: String, prefix: String) {
+    let body = w.body();
+    let value = at(&body, &pointer).as_str().unwrap_or_else(|| panic!("field {pointer} of {body} is not a string"));
+    assert!(value.starts_with(&prefix), "field {pointer} of {body} does not start with {prefix:?}");
+}
+
+// ---------------------------------------------------------------------------
 // Checks
 
 /// An error answer: JSON `{"error": {"code": <status>, "message": <text>}}`.
@@ -569,17 +689,22 @@ struct Totals {
     failed_runs: Vec<String>,
 }
 
-async fn run(name: &str, stack: &Stack, totals: &mut Totals) {
+/// Runs the scenarios with (`hosts` set) or without the `@hosts` tag.
+async fn run(name: &str, stack: &Stack, hosts: Option<Arc<TestHosts>>, totals: &mut Totals) {
     println!("\n==> {name}: {}", stack.description);
+    let want_hosts = hosts.is_some();
     *TARGET.lock().unwrap_or_else(PoisonError::into_inner) =
-        Some(Arc::new(Target { client: stack.client.clone(), users: stack.users.clone() }));
+        Some(Arc::new(Target { client: stack.client.clone(), users: stack.users.clone(), hosts }));
     let started = Instant::now();
     let features = concat!(env!("CARGO_MANIFEST_DIR"), "/features");
     let writer = ApiWorld::cucumber()
         .max_concurrent_scenarios(16)
         .fail_on_skipped()
         .with_cli::<cucumber::cli::Empty>(cli_options())
-        .run(features)
+        .filter_run(features, move |feature, _, scenario| {
+            let tagged = feature.tags.iter().chain(&scenario.tags).any(|t| t == HOSTS_TAG);
+            tagged == want_hosts
+        })
         .await;
     let scenarios = writer.inner_writer().scenarios_stats();
     let steps = writer.inner_writer().steps_stats();
@@ -606,12 +731,20 @@ async fn main_async() -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let mut totals = Totals { scenarios_passed: 0, scenarios_failed: 0, failed_runs: Vec::new() };
 
-    let stack = Stack::multi_process(&bins).await?;
-    run("multi-process", &stack, &mut totals).await;
+    let hosts = TestHosts::from_env()?;
+
+    let stack = Stack::multi_process(&bins, false).await?;
+    run("multi-process", &stack, None, &mut totals).await;
+    stack.shutdown().await?;
+    let stack = Stack::multi_process(&bins, true).await?;
+    run("multi-process, @hosts", &stack, Some(hosts.clone()), &mut totals).await;
     stack.shutdown().await?;
 
-    let stack = Stack::all_in_one(&bins).await?;
-    run("all-in-one", &stack, &mut totals).await;
+    let stack = Stack::all_in_one(&bins, false).await?;
+    run("all-in-one", &stack, None, &mut totals).await;
+    stack.shutdown().await?;
+    let stack = Stack::all_in_one(&bins, true).await?;
+    run("all-in-one, @hosts", &stack, Some(hosts), &mut totals).await;
     stack.shutdown().await?;
 
     println!("\n==> both deployments in {:.1}s", started.elapsed().as_secs_f64());

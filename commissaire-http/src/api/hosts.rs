@@ -179,16 +179,50 @@ impl Api {
                 return Err(err.into());
             }
         };
+        self.request_investigation(&address, cluster_data).await;
+        tracing::info!(%address, cluster = cluster_name.as_deref().unwrap_or(""), "host created");
+        Ok(Reply::created(saved.to_safe_json()))
+    }
+
+    /// Hands a host to the investigator (a notification: nobody waits for it).
+    async fn request_investigation(&self, address: &str, cluster_data: Value) {
         let notification =
             jsonrpc::Request::new(None, "investigate", json!({"address": address, "cluster_data": cluster_data}));
         if let Err(err) =
             self.bus.publish("jobs.investigate", &serde_json::to_value(notification).unwrap_or_default()).await
         {
-            // The host is stored; the watcher's next pass picks it up.
-            tracing::warn!(%address, error = %err, "could not hand the new host to the investigator");
+            // The host is stored; it can be investigated again through its hostkey route.
+            tracing::warn!(%address, error = %err, "could not hand the host to the investigator");
         }
-        tracing::info!(%address, cluster = cluster_name.as_deref().unwrap_or(""), "host created");
-        Ok(Reply::created(saved.to_safe_json()))
+    }
+
+    /// `GET /api/v0/host/{address}/hostkey`: the SSH host key pinned on first
+    /// contact (empty before it).
+    pub async fn get_host_key(&self, address: &str) -> ApiResult {
+        let host = self.storage.get::<Host>(address).await?;
+        Ok(Reply::ok(json!({"address": host.address, "ssh_host_key": host.ssh_host_key})))
+    }
+
+    /// `DELETE /api/v0/host/{address}/hostkey`: the operator trusts the host's
+    /// new key. The pinned key is forgotten and the host investigated again,
+    /// which pins the key it then presents.
+    pub async fn delete_host_key(&self, address: &str) -> ApiResult {
+        let host = self
+            .storage
+            .update::<Host, _, std::convert::Infallible>(address, CAS_ATTEMPTS, |host| {
+                let changed = !host.ssh_host_key.is_empty();
+                host.ssh_host_key.clear();
+                Ok(changed)
+            })
+            .await?
+            .unwrap_or_else(|never| match never {});
+        let cluster_data = match self.cluster_of(address).await? {
+            Some(cluster) => cluster.to_full_json(),
+            None => json!({}),
+        };
+        self.request_investigation(address, cluster_data).await;
+        tracing::info!(%address, "pinned host key forgotten; investigating again");
+        Ok(Reply::ok(json!({"address": host.address, "ssh_host_key": ""})))
     }
 
     /// Removes the credentials a failed host creation stored, unless a host
