@@ -128,7 +128,7 @@ impl StorageClient {
     }
 
     /// Every record of type `M` (a listable type: Host, Cluster, Network,
-    /// ContainerManagerConfig).
+    /// ContainerManagerConfig, WatcherRecord).
     pub async fn list<M: Model>(&self) -> Result<Vec<M>, StorageError> {
         let list_name = ModelType::from_name(M::NAME)
             .and_then(ModelType::list_name)

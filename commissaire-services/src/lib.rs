@@ -9,3 +9,4 @@ pub mod runner;
 pub mod storage;
 pub mod store;
 pub mod transport;
+pub mod watcher;

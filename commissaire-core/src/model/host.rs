@@ -185,13 +185,42 @@ impl Model for HostStatus {
     }
 }
 
-/// A host the watcher should check, and when it was last checked.
+/// A host the watcher checks: its schedule, kept in the store. Primary key
+/// `address` (one record per host, so there are never two schedules for one
+/// host). `address` and `last_check` keep the original's meaning; the other
+/// members are additive and used by the watcher service to share the hosts
+/// between its instances.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WatcherRecord {
     #[serde(default)]
     pub address: String,
+    /// When the host was last claimed for a check (the original's default,
+    /// `9999-12-31T23:59:59.999999`, until the first one).
     #[serde(default = "max_timestamp")]
     pub last_check: String,
+    /// When the host is due for its next check; empty means due now.
+    #[serde(default)]
+    pub next_check: String,
+    /// The watcher instance that claimed the last check (for operators).
+    #[serde(default)]
+    pub owner: String,
+    /// The last good status (`active` or `disassociated`) the watcher saw, to
+    /// restore when a host it failed recovers.
+    #[serde(default)]
+    pub last_good_status: String,
+}
+
+impl WatcherRecord {
+    /// A record for `address`, due at `next_check`, never checked yet.
+    pub fn new(address: impl Into<String>, next_check: impl Into<String>) -> Self {
+        Self {
+            address: address.into(),
+            last_check: max_timestamp(),
+            next_check: next_check.into(),
+            owner: String::new(),
+            last_good_status: String::new(),
+        }
+    }
 }
 
 fn max_timestamp() -> String {
@@ -200,15 +229,28 @@ fn max_timestamp() -> String {
 
 impl Model for WatcherRecord {
     const NAME: &'static str = "WatcherRecord";
-    const FIELDS: &'static [Field] = &[Field::optional("address", Kind::Str), Field::optional("last_check", Kind::Str)];
+    const FIELDS: &'static [Field] = &[
+        Field::optional("address", Kind::Str),
+        Field::optional("last_check", Kind::Str),
+        Field::optional("next_check", Kind::Str),
+        Field::optional("owner", Kind::Str),
+        Field::optional("last_good_status", Kind::Str),
+    ];
 
     fn primary_key(&self) -> Option<&str> {
-        None
+        Some(&self.address)
     }
 
     fn check(&self, errors: &mut Vec<FieldError>) {
+        check_address(&self.address, errors);
         if crate::timestamp::parse(&self.last_check).is_none() {
             errors.push(FieldError::new("last_check", "must be a timestamp like 2017-06-28T14:03:11.123456"));
+        }
+        if !self.next_check.is_empty() && crate::timestamp::parse(&self.next_check).is_none() {
+            errors.push(FieldError::new("next_check", "must be empty or a timestamp like 2017-06-28T14:03:11.123456"));
+        }
+        if !self.last_good_status.is_empty() {
+            check_one_of("last_good_status", &self.last_good_status, &["active", "disassociated"], errors);
         }
     }
 }

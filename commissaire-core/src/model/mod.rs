@@ -86,10 +86,11 @@ pub enum ModelType {
     ClusterUpgrade,
     Network,
     ContainerManagerConfig,
+    WatcherRecord,
 }
 
 impl ModelType {
-    pub const ALL: [ModelType; 8] = [
+    pub const ALL: [ModelType; 9] = [
         ModelType::Host,
         ModelType::HostCreds,
         ModelType::Cluster,
@@ -98,6 +99,7 @@ impl ModelType {
         ModelType::ClusterUpgrade,
         ModelType::Network,
         ModelType::ContainerManagerConfig,
+        ModelType::WatcherRecord,
     ];
 
     pub fn name(self) -> &'static str {
@@ -110,6 +112,7 @@ impl ModelType {
             ModelType::ClusterUpgrade => ClusterUpgrade::NAME,
             ModelType::Network => Network::NAME,
             ModelType::ContainerManagerConfig => ContainerManagerConfig::NAME,
+            ModelType::WatcherRecord => WatcherRecord::NAME,
         }
     }
 
@@ -129,6 +132,7 @@ impl ModelType {
             ModelType::Cluster => Some("Clusters"),
             ModelType::Network => Some("Networks"),
             ModelType::ContainerManagerConfig => Some("ContainerManagerConfigs"),
+            ModelType::WatcherRecord => Some("WatcherRecords"),
             _ => None,
         }
     }
@@ -155,6 +159,7 @@ impl ModelType {
             ModelType::ClusterUpgrade => go::<ClusterUpgrade>(value, unknown),
             ModelType::Network => go::<Network>(value, unknown),
             ModelType::ContainerManagerConfig => go::<ContainerManagerConfig>(value, unknown),
+            ModelType::WatcherRecord => go::<WatcherRecord>(value, unknown),
         }
     }
 
@@ -180,7 +185,7 @@ impl ModelType {
     /// The primary key's name.
     pub fn primary_key_field(self) -> &'static str {
         match self {
-            ModelType::Host | ModelType::HostCreds => "address",
+            ModelType::Host | ModelType::HostCreds | ModelType::WatcherRecord => "address",
             _ => "name",
         }
     }

@@ -123,6 +123,16 @@ fn watcher_record_checks_timestamp() {
     let err =
         WatcherRecord::from_json(&json!({"address": "h", "last_check": "yesterday"}), Unknown::Reject).expect_err("ts");
     assert_eq!(err.errors[0].field, "last_check");
+    // Keyed by address, so one record per host.
+    assert_eq!(record.primary_key(), Some("h"));
+    assert_eq!(ModelType::WatcherRecord.primary_key_field(), "address");
+    assert_eq!(ModelType::from_list_name("WatcherRecords"), Some(ModelType::WatcherRecord));
+    let err = WatcherRecord::from_json(&json!({"address": "h", "next_check": "soon"}), Unknown::Reject)
+        .expect_err("next_check");
+    assert_eq!(err.errors[0].field, "next_check");
+    let err = WatcherRecord::from_json(&json!({"address": "h", "last_good_status": "failed"}), Unknown::Reject)
+        .expect_err("last_good_status");
+    assert_eq!(err.errors[0].field, "last_good_status");
 }
 
 #[test]

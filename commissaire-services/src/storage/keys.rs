@@ -18,6 +18,7 @@ pub fn record_key(t: ModelType, key: &str) -> String {
         ModelType::ClusterUpgrade => format!("{ROOT}cluster/{key}/upgrade"),
         ModelType::Network => format!("{ROOT}networks/{key}"),
         ModelType::ContainerManagerConfig => format!("{ROOT}container_managers/{key}"),
+        ModelType::WatcherRecord => format!("{ROOT}watcher/{key}"),
     }
 }
 
@@ -28,6 +29,7 @@ pub fn list_prefix(t: ModelType) -> Option<String> {
         ModelType::Cluster => Some(format!("{ROOT}clusters/")),
         ModelType::Network => Some(format!("{ROOT}networks/")),
         ModelType::ContainerManagerConfig => Some(format!("{ROOT}container_managers/")),
+        ModelType::WatcherRecord => Some(format!("{ROOT}watcher/")),
         _ => None,
     }
 }
@@ -42,6 +44,7 @@ mod tests {
         assert_eq!(record_key(ModelType::ClusterRestart, "prod"), "/commissaire/cluster/prod/restart");
         assert_eq!(record_key(ModelType::ContainerManagerConfig, "k8s"), "/commissaire/container_managers/k8s");
         assert_eq!(list_prefix(ModelType::Network).as_deref(), Some("/commissaire/networks/"));
+        assert_eq!(record_key(ModelType::WatcherRecord, "10.0.0.1"), "/commissaire/watcher/10.0.0.1");
         // Every record of a listable type is under its list prefix and nothing else is.
         for t in ModelType::ALL {
             for other in ModelType::ALL {

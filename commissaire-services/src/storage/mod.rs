@@ -61,9 +61,11 @@ impl StorageService {
                 by_model.insert(*model, index);
             }
         }
-        // Credentials live beside their hosts.
+        // Credentials live beside their hosts; so do watcher records unless a
+        // handler claims them.
         if let Some(&host_store) = by_model.get(&ModelType::Host) {
             by_model.insert(ModelType::HostCreds, host_store);
+            by_model.entry(ModelType::WatcherRecord).or_insert(host_store);
         }
         Self { handlers, by_model, by_name, secrets, bus }
     }
@@ -191,7 +193,7 @@ impl StorageService {
             .ok_or_else(|| RpcError::invalid_params("model_type_name is required"))?;
         let t = ModelType::from_list_name(name).ok_or_else(|| {
             RpcError::invalid_params(format!(
-                "{name:?} is not a list model (Hosts, Clusters, Networks or ContainerManagerConfigs)"
+                "{name:?} is not a list model (Hosts, Clusters, Networks, ContainerManagerConfigs or WatcherRecords)"
             ))
         })?;
         let prefix =
