@@ -2,9 +2,9 @@
 //! state in one data directory (the embedded store, the secrets key and, when no
 //! authentication is configured, a users file with a generated admin).
 //!
-//! It runs the storage, container manager and investigator services (the last
-//! one only with [`Options::host_services`]); the watcher and cluster exec
-//! services join as they are built.
+//! It runs the storage, container manager, investigator and watcher services
+//! (the last two only with [`Options::host_services`]); the cluster exec
+//! service joins when it is built.
 
 use std::{
     fs,
@@ -21,6 +21,7 @@ use commissaire_core::{
 use commissaire_services::{
     containermgr::{self, ContainerManagerService},
     investigator::{self, Investigator},
+    watcher::{self, SshCheck, Watcher},
     storage::{self, StorageService},
     transport::{SshConfig, SshTransport},
 };
@@ -33,6 +34,8 @@ use crate::auth::{self, PluginSpec};
 pub struct AllInOne {
     pub bus: Arc<dyn Bus>,
     pub services: Vec<ServeHandle>,
+    /// The watcher, with the host services.
+    pub watcher: Option<watcher::Running>,
     /// The authentication to use: the configured one, or the generated admin.
     pub plugins: Vec<PluginSpec>,
 }
@@ -48,11 +51,14 @@ pub struct Options {
     /// `investigator::bootstrap_from_config`): the `investigator` object of
     /// commissaire.conf.
     pub investigator: serde_json::Map<String, serde_json::Value>,
+    /// The watcher's configuration members (see `watcher::settings`): the
+    /// `watcher` object of commissaire.conf.
+    pub watcher: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { host_services: true, investigator: serde_json::Map::new() }
+        Options { host_services: true, investigator: serde_json::Map::new(), watcher: serde_json::Map::new() }
     }
 }
 
@@ -78,8 +84,17 @@ pub async fn start(data_dir: &Path, configured_plugins: Vec<PluginSpec>, options
         services
             .push(bus.serve(investigator::QUEUE, investigator::PATTERNS, investigator, ServeOptions::default()).await?);
     }
+    let watcher = if options.host_services {
+        let settings = watcher::settings(&options.watcher, &watcher::Overrides::default())
+            .context("the watcher's settings (member `watcher` of the configuration)")?;
+        let check = Arc::new(SshCheck::new(watcher::transport_for(&settings)));
+        tracing::info!(interval = ?settings.schedule.interval, "watcher running");
+        Some(Watcher::new(bus.clone(), check, settings).spawn())
+    } else {
+        None
+    };
     let plugins = if configured_plugins.is_empty() { vec![admin_identity(data_dir)?] } else { configured_plugins };
-    Ok(AllInOne { bus, services, plugins })
+    Ok(AllInOne { bus, services, watcher, plugins })
 }
 
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {

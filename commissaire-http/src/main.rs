@@ -29,17 +29,18 @@ async fn main() -> anyhow::Result<()> {
                 allinone::Options {
                     host_services: settings.host_services,
                     investigator: settings.investigator.clone(),
+                    watcher: settings.watcher.clone(),
                 },
             )
             .await?;
             tracing::info!(data_dir = %data_dir.display(), "all-in-one: services running in this process");
-            (aio.bus, aio.plugins, aio.services)
+            (aio.bus, aio.plugins, (aio.services, aio.watcher))
         }
         None => {
             let bus = commissaire_core::bus::connect(&settings.bus_uri, &settings.bus_exchange)
                 .await
                 .with_context(|| format!("cannot connect to the bus at {}", runner::redact_uri(&settings.bus_uri)))?;
-            (bus, settings.plugins.clone(), Vec::new())
+            (bus, settings.plugins.clone(), (Vec::new(), None))
         }
     };
     let auth = Authenticator::new(plugins)?;
@@ -68,6 +69,10 @@ async fn main() -> anyhow::Result<()> {
         trusted_proxies: settings.trusted_proxies.clone(),
     });
     server::serve(listener, tls, state, runner::shutdown_signal()).await;
+    let (services, watcher) = services;
+    if let Some(watcher) = watcher {
+        watcher.stop().await;
+    }
     for service in services {
         service.shutdown().await;
     }

@@ -88,10 +88,22 @@ pub struct Settings {
     /// The all-in-one investigator's settings: the `investigator` object of the
     /// configuration file (playbooks_dir, etcd_server_url, docker_registry_host, …).
     pub investigator: Map<String, Value>,
+    /// The all-in-one watcher's settings: the `watcher` object of the
+    /// configuration file (interval, jitter, concurrency, …).
+    pub watcher: Map<String, Value>,
 }
 
 fn member<'a>(file: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
     file.get(name).filter(|v| !v.is_null())
+}
+
+/// An object member (service settings), empty when absent.
+fn object_member(file: &Map<String, Value>, name: &str) -> anyhow::Result<Map<String, Value>> {
+    match member(file, name) {
+        None => Ok(Map::new()),
+        Some(Value::Object(members)) => Ok(members.clone()),
+        Some(_) => bail!("configuration member {name} must be an object"),
+    }
 }
 
 fn string_list(file: &Map<String, Value>, name: &str) -> anyhow::Result<Vec<String>> {
@@ -181,11 +193,8 @@ impl Flags {
             debug: self.debug || member(&file, "debug").and_then(Value::as_bool).unwrap_or(false),
             all_in_one,
             host_services: !self.no_host_services,
-            investigator: match member(&file, "investigator") {
-                None => Map::new(),
-                Some(Value::Object(members)) => members.clone(),
-                Some(_) => bail!("configuration member investigator must be an object"),
-            },
+            investigator: object_member(&file, "investigator")?,
+            watcher: object_member(&file, "watcher")?,
         })
     }
 }

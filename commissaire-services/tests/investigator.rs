@@ -2,7 +2,7 @@
 //! with the real storage and container manager services.
 
 use std::{
-    sync::Arc,
+    sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
 
@@ -10,7 +10,7 @@ use base64::Engine;
 use commissaire_core::{
     bus::{Bus, ServeOptions, memory::MemoryBus},
     jsonrpc::Request,
-    model::{Cluster, ContainerManagerConfig, Host, HostCreds, Model, Unknown},
+    model::{Cluster, ContainerManagerConfig, Host, HostCreds, Model, Network, Unknown},
     secrets::SecretsKey,
     storage_client::StorageClient,
 };
@@ -26,6 +26,38 @@ fn env(var: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| {
         panic!("{var} is not set: run `scripts/testbed up --hosts 3` and `eval \"$(scripts/testbed env)\"`")
     })
+}
+
+/// Tests that use a few hosts share this lock; the test that uses every host
+/// takes it alone.
+static HOSTS: RwLock<()> = RwLock::new(());
+
+/// Runs `scripts/testbed ARGS…`; its standard output.
+fn testbed(args: &[&str]) -> String {
+    let output = std::process::Command::new("bash")
+        .arg(env("COMMISSAIRE_TESTBED"))
+        .args(args)
+        .output()
+        .expect("run scripts/testbed");
+    assert!(output.status.success(), "testbed {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Runs a shell snippet inside a test host (its own filesystem view): whether
+/// it succeeded, and its output.
+fn on_host(address: &str, script: &str) -> (bool, String) {
+    let output = std::process::Command::new("bash")
+        .arg(env("COMMISSAIRE_TESTBED"))
+        .args(["host-exec", address, "--", "sh", "-c", script])
+        .output()
+        .expect("run scripts/testbed host-exec");
+    (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The test hosts that are not OSTree hosts.
+fn debian_hosts() -> Vec<String> {
+    let ostree = std::env::var("COMMISSAIRE_TEST_OSTREE_HOSTS").unwrap_or_default();
+    env("COMMISSAIRE_TEST_HOSTS").split_whitespace().filter(|h| !ostree.split_whitespace().any(|o| o == *h)).map(str::to_string).collect()
 }
 
 struct Fixture {
@@ -57,7 +89,7 @@ async fn fixture() -> Fixture {
         storage: StorageClient::new(bus.clone()),
         bus,
         key_b64: base64::engine::general_purpose::STANDARD.encode(key_text),
-        hosts: env("COMMISSAIRE_TEST_HOSTS").split_whitespace().map(str::to_string).collect(),
+        hosts: debian_hosts(),
         _dir: dir,
     }
 }
@@ -94,13 +126,40 @@ impl Fixture {
 }
 
 #[tokio::test]
-async fn a_reachable_host_gets_its_facts_and_a_pinned_key() {
+async fn a_reachable_host_is_investigated_then_bootstrapped() {
+    let _shared = HOSTS.read().unwrap_or_else(|e| e.into_inner());
     let fx = fixture().await;
     let address = fx.hosts[0].clone();
+    testbed(&["host-reset", &address]);
+    let mut events = fx.bus.subscribe(&["notify.storage.Host.*"]).await.expect("subscribe");
     fx.add_host(&address, &fx.key_b64, "root").await;
     fx.investigate(&address).await;
     let host = fx.settled(&address).await;
     assert_eq!(host.status, "disassociated", "reason: {}", host.reason);
+
+    // Every status the host went through, as the storage events told it.
+    let mut seen: Vec<String> = Vec::new();
+    while let Ok(Some(event)) = tokio::time::timeout(Duration::from_millis(500), events.next()).await {
+        let status = event.body.pointer("/params/0/status").or_else(|| event.body.get("status")).and_then(|s| s.as_str());
+        if let Some(status) = status
+            && event.body.to_string().contains(&address)
+            && seen.last().map(String::as_str) != Some(status)
+        {
+            seen.push(status.to_string());
+        }
+    }
+    assert_eq!(seen, ["", "investigating", "bootstrapping", "disassociated"], "statuses of {address}");
+
+    // What the bootstrap wrote is on that host, and only there.
+    let (ok, flanneld) = on_host(&address, "cat /etc/default/flanneld");
+    assert!(ok && flanneld.contains("FLANNEL"), "flanneld options on {address}: {flanneld:?}");
+    let (ok, active) = on_host(&address, "systemctl is-active docker flanneld");
+    assert!(ok, "docker and flanneld active on {address}: {active}");
+    assert!(!std::path::Path::new("/etc/default/flanneld").exists(), "the machine itself was bootstrapped");
+    let untouched = fx.hosts.last().expect("hosts").clone();
+    assert_ne!(untouched, address);
+    let (exists, _) = on_host(&untouched, "test -e /etc/default/flanneld");
+    assert!(!exists, "{untouched} was never bootstrapped but has the flanneld options");
     assert_eq!(host.reason, "");
     assert_eq!(host.os, "debian");
     assert!(host.cpus > 0 && host.memory > 0 && host.space > 0, "{host:?}");
@@ -110,6 +169,7 @@ async fn a_reachable_host_gets_its_facts_and_a_pinned_key() {
 
 #[tokio::test]
 async fn a_member_of_a_managed_cluster_becomes_active() {
+    let _shared = HOSTS.read().unwrap_or_else(|e| e.into_inner());
     let fx = fixture().await;
     let address = fx.hosts[1].clone();
     let manager =
@@ -128,6 +188,7 @@ async fn a_member_of_a_managed_cluster_becomes_active() {
 
 #[tokio::test]
 async fn failures_end_failed_with_a_reason() {
+    let _shared = HOSTS.read().unwrap_or_else(|e| e.into_inner());
     let fx = fixture().await;
     let address = fx.hosts[2].clone();
 
@@ -169,4 +230,84 @@ async fn failures_end_failed_with_a_reason() {
     let host = fx.settled("127.0.0.99").await;
     assert_eq!(host.status, "failed");
     assert!(host.reason.contains("refused") || host.reason.contains("unreachable"), "{}", host.reason);
+}
+
+#[tokio::test]
+async fn hostile_network_options_run_nothing_on_the_host() {
+    let _shared = HOSTS.read().unwrap_or_else(|e| e.into_inner());
+    let fx = fixture().await;
+    let address = fx.hosts[3].clone();
+    testbed(&["host-reset", &address]);
+    let (_, boot_before) = on_host(&address, "cat /proc/sys/kernel/random/boot_id");
+    let marker = format!("/tmp/commissaire-hostile-{}", std::process::id());
+    let mut cluster = Cluster::new("hostile");
+    cluster.network = "evil".into();
+    cluster.hostset = vec![address.clone()];
+    for options in [
+        json!({"flannel_key": format!("/x$(touch {marker})")}),
+        json!({"etcd_server_url": format!("http://e:2379;touch {marker}")}),
+        json!({"flannel_key": "/k'\n reboot"}),
+    ] {
+        let network = Network::from_json(&json!({"name": "evil", "type": "flannel_etcd", "options": options}), Unknown::Reject)
+            .expect("network");
+        fx.storage.save(&network).await.expect("network");
+        fx.storage.save(&cluster).await.expect("cluster");
+        let _ = fx.storage.delete::<Host>(&address).await;
+        fx.add_host(&address, &fx.key_b64, "root").await;
+        fx.investigate(&address).await;
+        let host = fx.settled(&address).await;
+        assert_eq!(host.status, "failed", "{options}: {host:?}");
+        assert!(host.reason.contains("not acceptable"), "{options}: {}", host.reason);
+    }
+    let (exists, _) = on_host(&address, &format!("test -e {marker}"));
+    assert!(!exists && !std::path::Path::new(&marker).exists(), "a hostile value ran a command");
+    let (_, boot_after) = on_host(&address, "cat /proc/sys/kernel/random/boot_id");
+    assert_eq!(boot_before, boot_after, "the host rebooted");
+    let (exists, _) = on_host(&address, "test -e /etc/default/flanneld");
+    assert!(!exists, "the bootstrap ran although its variables were refused");
+}
+
+/// 20 hosts created at once all reach their final status, investigated at the
+/// same time (the wall time is printed, not asserted).
+#[tokio::test]
+async fn twenty_hosts_at_once() {
+    let _all = HOSTS.write().unwrap_or_else(|e| e.into_inner());
+    let fx = fixture().await;
+    let all: Vec<String> = env("COMMISSAIRE_TEST_HOSTS").split_whitespace().map(str::to_string).collect();
+    assert!(all.len() >= 20, "20 test hosts are needed (scripts/testbed up --hosts 20), found {}", all.len());
+    let hosts = &all[..20];
+    for address in hosts {
+        testbed(&["host-reset", address]);
+        fx.add_host(address, &fx.key_b64, "root").await;
+    }
+    let mut events = fx.bus.subscribe(&["notify.storage.Host.*"]).await.expect("subscribe");
+    let started = Instant::now();
+    for address in hosts {
+        fx.investigate(address).await;
+    }
+    let mut statuses = Vec::new();
+    for address in hosts {
+        statuses.push((address.clone(), fx.settled(address).await));
+    }
+    let elapsed = started.elapsed();
+    println!("20 hosts investigated and bootstrapped in {:.1}s", elapsed.as_secs_f64());
+    for (address, host) in &statuses {
+        assert_eq!(host.status, "disassociated", "{address}: {}", host.reason);
+    }
+    // They ran at the same time: every host was being investigated before
+    // the first one finished (the service takes up to 32 at once).
+    let mut order = Vec::new();
+    while let Ok(Some(event)) = tokio::time::timeout(Duration::from_millis(500), events.next()).await {
+        let host = event.body.pointer("/params/0").or(Some(&event.body)).cloned().unwrap_or_default();
+        if let (Some(address), Some(status)) = (host.get("address").and_then(|a| a.as_str()), host.get("status").and_then(|s| s.as_str())) {
+            order.push((address.to_string(), status.to_string()));
+        }
+    }
+    let first_done = order.iter().position(|(_, s)| s == "disassociated").expect("a host finished");
+    for address in hosts {
+        assert!(
+            order[..first_done].iter().any(|(a, s)| a == address && s == "investigating"),
+            "{address} was not being investigated before the first host finished: {order:?}"
+        );
+    }
 }

@@ -74,8 +74,24 @@ Feature: Investigating hosts
     When I GET /api/v0/host/$h/hostkey
     And I remember the response field "/ssh_host_key" as $old_key
     When the test host $h gets a new host key
-    And I DELETE /api/v0/host/$h/hostkey
+    Then within 30 seconds host $h has status "failed"
+    And the response field "/reason" mentions "host key"
+    When I DELETE /api/v0/host/$h/hostkey
     Then the response status is 200
     And within 60 seconds host $h has status "disassociated"
     When I GET /api/v0/host/$h/hostkey
     Then the response field "/ssh_host_key" differs from $old_key
+
+  Scenario: The watcher fails a host that goes down and restores it when it is back
+    Given a test host $h
+    And I have created /api/v0/host/$h with:
+      """
+      {"ssh_priv_key": "$TEST_KEY", "remote_user": "root"}
+      """
+    And within 60 seconds host $h has status "disassociated"
+    When the test host $h goes down
+    Then within 30 seconds host $h has status "failed"
+    And the response field "/reason" mentions "unreachable"
+    When the test host $h comes back
+    Then within 30 seconds host $h has status "disassociated"
+    And the response field "/reason" is ""

@@ -27,6 +27,9 @@ use serde_json::json;
 
 use crate::client::{Client, Request};
 
+/// The watcher's interval in the stacks with host services (seconds), short so
+/// that scenarios see a host fail and recover quickly.
+pub const WATCHER_INTERVAL: &str = "1";
 /// How long a process may take to become ready.
 pub const STARTUP_DEADLINE: Duration = Duration::from_secs(60);
 /// bcrypt cost of the generated users (the server accepts any cost; 4 is fast).
@@ -43,6 +46,7 @@ pub struct Binaries {
     pub storage: PathBuf,
     pub investigator: PathBuf,
     pub containermgr: PathBuf,
+    pub watcher: PathBuf,
 }
 
 impl Binaries {
@@ -62,15 +66,16 @@ impl Binaries {
             find("commissaire-storage-service"),
             find("commissaire-investigator-service"),
             find("commissaire-containermgr-service"),
+            find("commissaire-watcher-service"),
         );
         match (find("commissaire-server"), services) {
-            (Some(server), (Some(storage), Some(investigator), Some(containermgr))) => {
-                let bins = Self { server, storage, investigator, containermgr };
+            (Some(server), (Some(storage), Some(investigator), Some(containermgr), Some(watcher))) => {
+                let bins = Self { server, storage, investigator, containermgr, watcher };
                 bins.check_fresh()?;
                 Ok(bins)
             }
             _ => bail!(
-                "commissaire-server and the service binaries (storage, investigator, containermgr) were not found \
+                "commissaire-server and the service binaries (storage, investigator, containermgr, watcher) were not found \
                  in {}: build them first with `cargo build --workspace --bins` (scripts/test builds them as part of \
                  `cargo test --workspace --all-targets`)",
                 dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(" or ")
@@ -94,11 +99,14 @@ impl Binaries {
         let investigator_sources = |p: &Path| !p.starts_with(&services_bin) || p == investigator_main;
         let containermgr_main = services_bin.join("commissaire-containermgr-service.rs");
         let containermgr_sources = |p: &Path| !p.starts_with(&services_bin) || p == containermgr_main;
-        let checks: [(&PathBuf, &[&str], SourceFilter<'_>); 4] = [
+        let watcher_main = services_bin.join("commissaire-watcher-service.rs");
+        let watcher_sources = |p: &Path| !p.starts_with(&services_bin) || p == watcher_main;
+        let checks: [(&PathBuf, &[&str], SourceFilter<'_>); 5] = [
             (&self.server, &["commissaire-core", "commissaire-services", "commissaire-http"], &server_sources),
             (&self.storage, &["commissaire-core", "commissaire-services"], &storage_sources),
             (&self.investigator, &["commissaire-core", "commissaire-services"], &investigator_sources),
             (&self.containermgr, &["commissaire-core", "commissaire-services"], &containermgr_sources),
+            (&self.watcher, &["commissaire-core", "commissaire-services"], &watcher_sources),
         ];
         for (binary, crates, include) in checks {
             let mut newest = None;
@@ -228,7 +236,11 @@ impl Stack {
         let run = uuid::Uuid::new_v4().simple().to_string();
         let exchange = format!("features-{run}");
         let namespace = format!("/features-{run}");
-        let extra = if host_services { " + commissaire-investigator-service" } else { "" };
+        let extra = if host_services {
+            format!(" + commissaire-investigator-service + commissaire-watcher-service --interval {WATCHER_INTERVAL}")
+        } else {
+            String::new()
+        };
         let mut stack = Self::prepare(format!(
             "commissaire-storage-service (etcd {etcd}, namespace {namespace}) + commissaire-containermgr-service \
              + commissaire-server{extra}, \
@@ -271,6 +283,11 @@ impl Stack {
             let log = stack.dir.path().join("investigator.log");
             stack.processes.push(Process::spawn("commissaire-investigator-service", investigator, log)?);
             stack.wait_for_log("investigator service ready").await?;
+            let mut watcher = Command::new(&bins.watcher);
+            watcher.args(["--bus-uri", &amqp, "--bus-exchange", &exchange]).args(["--interval", WATCHER_INTERVAL]);
+            let log = stack.dir.path().join("watcher.log");
+            stack.processes.push(Process::spawn("commissaire-watcher-service", watcher, log)?);
+            stack.wait_for_log("watcher service ready").await?;
         }
 
         let users = stack.dir.path().join("users.json");
@@ -296,19 +313,23 @@ impl Stack {
     /// `--no-host-services` unless `host_services`.
     pub async fn all_in_one(bins: &Binaries, host_services: bool) -> anyhow::Result<Self> {
         let mut stack = Self::prepare(if host_services {
-            "commissaire-server --all-in-one (in-process bus, embedded store)"
+            "commissaire-server --all-in-one (in-process bus, embedded store; watcher interval 1 s)"
         } else {
             "commissaire-server --all-in-one --no-host-services (in-process bus, embedded store)"
         })?;
         let data = stack.dir.path().join("data");
         let users = stack.dir.path().join("users.json");
+        let config = stack.dir.path().join("commissaire.conf");
+        std::fs::write(&config, json!({"watcher": {"interval": WATCHER_INTERVAL.parse::<f64>()?}}).to_string())?;
         let mut attempts = 0;
         loop {
             attempts += 1;
             let port = free_port()?;
             let mut server = Command::new(&bins.server);
             server
-                .args(["--no-config-file", "--all-in-one", "--data-dir"])
+                .arg("--config")
+                .arg(&config)
+                .args(["--all-in-one", "--data-dir"])
                 .arg(&data)
                 .args(["--listen-port", &port.to_string()])
                 .args(if host_services { &[][..] } else { &["--no-host-services"][..] })

@@ -66,6 +66,22 @@ struct ApiWorld {
     bindings: std::collections::HashMap<String, String>,
     /// Test hosts this scenario holds.
     leases: Vec<HostLease>,
+    /// Test hosts this scenario stopped and has not started again.
+    stopped: Vec<String>,
+}
+
+impl Drop for ApiWorld {
+    /// A scenario that failed half-way must not leave a test host down for the
+    /// next one.
+    fn drop(&mut self) {
+        if let Some(hosts) = &self.target.hosts {
+            for address in self.stopped.drain(..) {
+                if let Err(err) = hosts.testbed(&["host-start", &address]) {
+                    eprintln!("could not restart test host {address}: {err:#}");
+                }
+            }
+        }
+    }
 }
 
 impl ApiWorld {
@@ -78,7 +94,7 @@ impl ApiWorld {
             bindings.insert("TEST_KEY".to_string(), hosts.key.clone());
             bindings.insert("OTHER_KEY".to_string(), hosts.other_key.clone());
         }
-        Self { target, id, auth, response: None, batch: Vec::new(), bindings, leases: Vec::new() }
+        Self { target, id, auth, response: None, batch: Vec::new(), bindings, leases: Vec::new(), stopped: Vec::new() }
     }
 
     /// Replaces every `$word` by its binding, else by `word-<scenario id>`.
@@ -504,6 +520,20 @@ async fn dead_address(w: &mut ApiWorld, name: String) {
 async fn rekey(w: &mut ApiWorld, name: String) {
     let address = w.bound(&name);
     w.test_hosts().testbed(&["host-rekey", &address]).unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+#[when(regex = r"^the test host (\$\w+) goes down$")]
+async fn host_down(w: &mut ApiWorld, name: String) {
+    let address = w.bound(&name);
+    w.test_hosts().testbed(&["host-stop", &address]).unwrap_or_else(|e| panic!("{e:#}"));
+    w.stopped.push(address);
+}
+
+#[when(regex = r"^the test host (\$\w+) comes back$")]
+async fn host_up(w: &mut ApiWorld, name: String) {
+    let address = w.bound(&name);
+    w.test_hosts().testbed(&["host-start", &address]).unwrap_or_else(|e| panic!("{e:#}"));
+    w.stopped.retain(|a| a != &address);
 }
 
 #[given(regex = r#"^within (\d+) seconds host (\$\w+) has status "(\w+)"$"#)]

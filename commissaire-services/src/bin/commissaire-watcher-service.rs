@@ -6,7 +6,6 @@ use std::sync::Arc;
 use clap::Parser;
 use commissaire_services::{
     runner,
-    transport::{SshConfig, SshTransport},
     watcher::{self, SshCheck, Watcher},
 };
 
@@ -49,12 +48,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let settings = watcher::settings(&config.members, &flags)?;
     let bus = config.connect_bus().await?;
-    let ssh = SshTransport::new(SshConfig {
-        connect_timeout: settings.check_timeout.min(SshConfig::default().connect_timeout),
-        command_timeout: settings.check_timeout,
-        max_sessions: settings.concurrency,
-        ..SshConfig::default()
-    });
+    let ssh = watcher::transport_for(&settings);
     let running = Watcher::new(bus, Arc::new(SshCheck::new(ssh)), settings.clone()).spawn();
     tracing::info!(
         bus = %runner::redact_uri(&config.bus_uri),

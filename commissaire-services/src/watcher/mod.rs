@@ -397,6 +397,18 @@ impl Drop for Running {
     }
 }
 
+/// The SSH transport for the checks of a watcher with these settings: its
+/// timeouts within the check timeout, as many sessions as checks at once.
+pub fn transport_for(settings: &WatcherConfig) -> crate::transport::SshTransport {
+    use crate::transport::{SshConfig, SshTransport};
+    SshTransport::new(SshConfig {
+        connect_timeout: settings.check_timeout.min(SshConfig::default().connect_timeout),
+        command_timeout: settings.check_timeout,
+        max_sessions: settings.concurrency,
+        ..SshConfig::default()
+    })
+}
+
 /// Settings given as flags; each overrides the configuration member of the
 /// same name (`interval`, `jitter`, `concurrency`, `check_timeout`, `tick`;
 /// times in seconds).
