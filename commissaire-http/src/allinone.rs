@@ -21,9 +21,9 @@ use commissaire_core::{
 use commissaire_services::{
     containermgr::{self, ContainerManagerService},
     investigator::{self, Investigator},
-    watcher::{self, SshCheck, Watcher},
     storage::{self, StorageService},
     transport::{SshConfig, SshTransport},
+    watcher::{self, SshCheck, Watcher},
 };
 use rand::{Rng, distributions::Alphanumeric};
 use serde_json::json;

@@ -57,7 +57,11 @@ fn on_host(address: &str, script: &str) -> (bool, String) {
 /// The test hosts that are not OSTree hosts.
 fn debian_hosts() -> Vec<String> {
     let ostree = std::env::var("COMMISSAIRE_TEST_OSTREE_HOSTS").unwrap_or_default();
-    env("COMMISSAIRE_TEST_HOSTS").split_whitespace().filter(|h| !ostree.split_whitespace().any(|o| o == *h)).map(str::to_string).collect()
+    env("COMMISSAIRE_TEST_HOSTS")
+        .split_whitespace()
+        .filter(|h| !ostree.split_whitespace().any(|o| o == *h))
+        .map(str::to_string)
+        .collect()
 }
 
 struct Fixture {
@@ -130,7 +134,16 @@ async fn a_reachable_host_is_investigated_then_bootstrapped() {
     let _shared = HOSTS.read().unwrap_or_else(|e| e.into_inner());
     let fx = fixture().await;
     let address = fx.hosts[0].clone();
+    let untouched = fx.hosts.last().expect("hosts").clone();
     testbed(&["host-reset", &address]);
+    testbed(&["host-reset", &untouched]);
+    // Outside a cluster the host gets the default network's flannel settings.
+    let network = Network::from_json(
+        &json!({"name": "default", "type": "flannel_etcd", "options": {"etcd_server_url": "http://127.0.0.1:2379", "flannel_key": "/testing/network"}}),
+        Unknown::Reject,
+    )
+    .expect("network");
+    fx.storage.save(&network).await.expect("default network");
     let mut events = fx.bus.subscribe(&["notify.storage.Host.*"]).await.expect("subscribe");
     fx.add_host(&address, &fx.key_b64, "root").await;
     fx.investigate(&address).await;
@@ -140,9 +153,9 @@ async fn a_reachable_host_is_investigated_then_bootstrapped() {
     // Every status the host went through, as the storage events told it.
     let mut seen: Vec<String> = Vec::new();
     while let Ok(Some(event)) = tokio::time::timeout(Duration::from_millis(500), events.next()).await {
-        let status = event.body.pointer("/params/0/status").or_else(|| event.body.get("status")).and_then(|s| s.as_str());
-        if let Some(status) = status
-            && event.body.to_string().contains(&address)
+        let model = &event.body["model"];
+        if model["address"] == address.as_str()
+            && let Some(status) = model["status"].as_str()
             && seen.last().map(String::as_str) != Some(status)
         {
             seen.push(status.to_string());
@@ -152,11 +165,13 @@ async fn a_reachable_host_is_investigated_then_bootstrapped() {
 
     // What the bootstrap wrote is on that host, and only there.
     let (ok, flanneld) = on_host(&address, "cat /etc/default/flanneld");
-    assert!(ok && flanneld.contains("FLANNEL"), "flanneld options on {address}: {flanneld:?}");
+    assert!(
+        ok && flanneld.contains("http://127.0.0.1:2379") && flanneld.contains("/testing/network"),
+        "flanneld options on {address}: {flanneld:?}"
+    );
     let (ok, active) = on_host(&address, "systemctl is-active docker flanneld");
     assert!(ok, "docker and flanneld active on {address}: {active}");
     assert!(!std::path::Path::new("/etc/default/flanneld").exists(), "the machine itself was bootstrapped");
-    let untouched = fx.hosts.last().expect("hosts").clone();
     assert_ne!(untouched, address);
     let (exists, _) = on_host(&untouched, "test -e /etc/default/flanneld");
     assert!(!exists, "{untouched} was never bootstrapped but has the flanneld options");
@@ -248,8 +263,9 @@ async fn hostile_network_options_run_nothing_on_the_host() {
         json!({"etcd_server_url": format!("http://e:2379;touch {marker}")}),
         json!({"flannel_key": "/k'\n reboot"}),
     ] {
-        let network = Network::from_json(&json!({"name": "evil", "type": "flannel_etcd", "options": options}), Unknown::Reject)
-            .expect("network");
+        let network =
+            Network::from_json(&json!({"name": "evil", "type": "flannel_etcd", "options": options}), Unknown::Reject)
+                .expect("network");
         fx.storage.save(&network).await.expect("network");
         fx.storage.save(&cluster).await.expect("cluster");
         let _ = fx.storage.delete::<Host>(&address).await;
@@ -298,8 +314,8 @@ async fn twenty_hosts_at_once() {
     // the first one finished (the service takes up to 32 at once).
     let mut order = Vec::new();
     while let Ok(Some(event)) = tokio::time::timeout(Duration::from_millis(500), events.next()).await {
-        let host = event.body.pointer("/params/0").or(Some(&event.body)).cloned().unwrap_or_default();
-        if let (Some(address), Some(status)) = (host.get("address").and_then(|a| a.as_str()), host.get("status").and_then(|s| s.as_str())) {
+        let host = &event.body["model"];
+        if let (Some(address), Some(status)) = (host["address"].as_str(), host["status"].as_str()) {
             order.push((address.to_string(), status.to_string()));
         }
     }
