@@ -48,6 +48,19 @@ fn service_configurations_parse() {
 }
 
 #[test]
+fn investigator_configuration_loads_the_bootstrap() {
+    let text = std::fs::read_to_string(format!("{CONF}/investigator.conf")).expect("read");
+    let mut config = commissaire_core::config::parse(&text, "investigator.conf").expect("json object");
+    assert_eq!(config["playbooks_dir"], "/usr/share/commissaire/playbooks");
+    // The installed location does not exist here: use the repository's playbooks.
+    config.insert("playbooks_dir".into(), concat!(env!("CARGO_MANIFEST_DIR"), "/../playbooks").into());
+    let bootstrap = commissaire_services::investigator::bootstrap_from_config(&config).expect("bootstrap");
+    assert_eq!(bootstrap.settings.etcd_server_url.as_deref(), Some("http://127.0.0.1:2379"));
+    assert_eq!(bootstrap.settings.flannel_key.as_deref(), Some("/atomic01/network"));
+    assert!(bootstrap.playbook.path().ends_with("bootstrap.yaml"));
+}
+
+#[test]
 fn storage_configurations_parse() {
     for file in ["storage.conf", "storage-embedded.conf"] {
         let text = std::fs::read_to_string(format!("{CONF}/{file}")).expect("read");

@@ -166,6 +166,22 @@ fn protocol(address: &str, what: &str, e: impl fmt::Display) -> TransportError {
     TransportError::Protocol { address: address.to_owned(), message: format!("{what}: {e}") }
 }
 
+/// A russh error while connecting: the connection going away (the host went
+/// down half-way) is the host being unreachable; anything else is a protocol
+/// error.
+fn connect_error(address: &str, what: &str, e: russh::Error) -> TransportError {
+    use russh::Error as E;
+    match e {
+        E::Disconnect | E::HUP | E::SendError | E::RecvError | E::IO(_) | E::ConnectionTimeout => {
+            TransportError::Unreachable {
+                address: address.to_owned(),
+                reason: format!("the connection was lost during the {what} ({e})"),
+            }
+        }
+        other => protocol(address, what, other),
+    }
+}
+
 fn fingerprint(key: &PublicKey) -> String {
     key.fingerprint(HashAlg::Sha256).to_string()
 }
@@ -502,7 +518,7 @@ impl SshTransport {
                             found_fingerprint: fingerprint(&found),
                         });
                     }
-                    return Err(protocol(address, "SSH handshake", e));
+                    return Err(connect_error(address, "SSH handshake", e));
                 }
             };
             let host_key = seen_key().ok_or_else(|| protocol(address, "SSH handshake", "no host key was presented"))?;
@@ -514,7 +530,7 @@ impl SshTransport {
             let auth = handle
                 .authenticate_publickey(target.user.clone(), PrivateKeyWithHashAlg::new(key.clone(), hash_alg))
                 .await
-                .map_err(|e| protocol(address, "authentication", e))?;
+                .map_err(|e| connect_error(address, "authentication", e))?;
             if !auth.success() {
                 let _ = handle.disconnect(Disconnect::ByApplication, "", "en").await;
                 return Err(TransportError::AuthenticationFailed {
