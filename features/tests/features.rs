@@ -539,6 +539,11 @@ async fn host_up(w: &mut ApiWorld, name: String) {
 #[given(regex = r#"^within (\d+) seconds host (\$\w+) has status "(\w+)"$"#)]
 #[then(regex = r#"^within (\d+) seconds host (\$\w+) has status "(\w+)"$"#)]
 async fn eventually_status(w: &mut ApiWorld, seconds: u64, name: String, status: String) {
+    eventually_status_and_reason(w, seconds, name, status, String::new()).await;
+}
+
+#[then(regex = r#"^within (\d+) seconds host (\$\w+) has status "(\w+)" with a reason that mentions "([^"]*)"$"#)]
+async fn eventually_status_and_reason(w: &mut ApiWorld, seconds: u64, name: String, status: String, reason: String) {
     let address = w.bound(&name);
     let deadline = Instant::now() + std::time::Duration::from_secs(seconds);
     loop {
@@ -546,12 +551,14 @@ async fn eventually_status(w: &mut ApiWorld, seconds: u64, name: String, status:
         let response = w.send(request).await;
         let body = response.json().ok();
         let current = body.as_ref().and_then(|b| b.get("status")).and_then(Value::as_str).unwrap_or_default();
-        if current == status {
+        let why = body.as_ref().and_then(|b| b.get("reason")).and_then(Value::as_str).unwrap_or_default();
+        if current == status && why.contains(&reason) {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "host {address} did not reach status {status:?} within {seconds}s; last answer: {} {}",
+            "host {address} did not reach status {status:?} (reason mentioning {reason:?}) within {seconds}s; last \
+             answer: {} {}",
             response.status,
             response.text()
         );
