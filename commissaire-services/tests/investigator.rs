@@ -1,4 +1,5 @@
-//! The investigator against the real sshd test hosts, over the in-process bus
+//! The investigator against the real sshd test hosts (each its own machine:
+//! files, packages and services of its own; see docs/testing.md), over the in-process bus
 //! with the real storage and container manager services.
 
 use std::{

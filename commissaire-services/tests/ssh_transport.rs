@@ -1,6 +1,7 @@
 //! The SSH transport against real OpenSSH servers: the test hosts of
-//! `scripts/testbed up --hosts 3` (127.0.0.11-13). The hosts share this machine's filesystem,
-//! so a file a remote command creates is visible here.
+//! `scripts/testbed up --hosts N` (127.0.0.11-13 here). Each host has its own /etc, /usr, /var
+//! and /run but shares /tmp with this machine, so a file a remote command creates under /tmp is
+//! visible here.
 //!
 //! Host roles, so that tests running in parallel do not disturb each other:
 //! host 0 is re-keyed, host 1 is stopped and started, host 2 is left alone.
