@@ -19,6 +19,8 @@ Feature: Investigating hosts
     And the response has a positive number at "/memory"
     And the response has a positive number at "/space"
     And the response field "/reason" is ""
+    And the test host $h has a file "/etc/default/flanneld" that mentions "written by Commissaire's bootstrap"
+    And the test host $h has a file "/var/lib/testbed-systemd/journal" that mentions "docker"
     When I GET /api/v0/host/$h/hostkey
     Then the response field "/ssh_host_key" starts with "ssh-ed25519 "
 

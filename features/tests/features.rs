@@ -501,6 +501,8 @@ impl ApiWorld {
 #[given(regex = r"^a test host (\$\w+)$")]
 async fn a_test_host(w: &mut ApiWorld, name: String) {
     let lease = w.test_hosts().lease().await.unwrap_or_else(|e| panic!("{e:#}"));
+    // A fresh machine: nothing an earlier scenario's bootstrap wrote.
+    w.test_hosts().testbed(&["host-reset", &lease.address]).unwrap_or_else(|e| panic!("{e:#}"));
     // An earlier scenario may have added this host to the stack: start afresh.
     let request = w.request("DELETE", &format!("/api/v0/host/{}", lease.address));
     let status = w.send(request).await.status.as_u16();
@@ -520,6 +522,16 @@ async fn dead_address(w: &mut ApiWorld, name: String) {
 async fn rekey(w: &mut ApiWorld, name: String) {
     let address = w.bound(&name);
     w.test_hosts().testbed(&["host-rekey", &address]).unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+#[then(regex = r#"^the test host (\$\w+) has a file "([^"]+)" that mentions "([^"]*)"$"#)]
+async fn host_file(w: &mut ApiWorld, name: String, path: String, text: String) {
+    let address = w.bound(&name);
+    let content = w
+        .test_hosts()
+        .testbed(&["host-exec", &address, "--", "cat", &path])
+        .unwrap_or_else(|e| panic!("reading {path} on {address}: {e:#}"));
+    assert!(content.contains(&text), "{path} on {address} does not mention {text:?}: {content:?}");
 }
 
 #[when(regex = r"^the test host (\$\w+) goes down$")]
