@@ -2,6 +2,7 @@
 //! served on its shared queue; the binaries in `src/bin` wire one up with the
 //! common flags of [`runner`].
 
+pub mod clusterexec;
 pub mod containermgr;
 pub mod investigator;
 pub mod playbook;
