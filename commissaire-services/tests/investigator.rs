@@ -3,7 +3,7 @@
 //! with the real storage and container manager services.
 
 use std::{
-    sync::{Arc, RwLock},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -31,7 +31,7 @@ fn env(var: &str) -> String {
 
 /// Tests that use a few hosts share this lock; the test that uses every host
 /// takes it alone.
-static HOSTS: RwLock<()> = RwLock::new(());
+static HOSTS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 /// Runs `scripts/testbed ARGS…`; its standard output.
 fn testbed(args: &[&str]) -> String {
@@ -132,7 +132,7 @@ impl Fixture {
 
 #[tokio::test]
 async fn a_reachable_host_is_investigated_then_bootstrapped() {
-    let _shared = HOSTS.read().unwrap_or_else(|e| e.into_inner());
+    let _shared = HOSTS.read().await;
     let fx = fixture().await;
     let address = fx.hosts[0].clone();
     let untouched = fx.hosts.last().expect("hosts").clone();
@@ -185,7 +185,7 @@ async fn a_reachable_host_is_investigated_then_bootstrapped() {
 
 #[tokio::test]
 async fn a_member_of_a_managed_cluster_becomes_active() {
-    let _shared = HOSTS.read().unwrap_or_else(|e| e.into_inner());
+    let _shared = HOSTS.read().await;
     let fx = fixture().await;
     let address = fx.hosts[1].clone();
     let manager =
@@ -204,7 +204,7 @@ async fn a_member_of_a_managed_cluster_becomes_active() {
 
 #[tokio::test]
 async fn failures_end_failed_with_a_reason() {
-    let _shared = HOSTS.read().unwrap_or_else(|e| e.into_inner());
+    let _shared = HOSTS.read().await;
     let fx = fixture().await;
     let address = fx.hosts[2].clone();
 
@@ -250,7 +250,7 @@ async fn failures_end_failed_with_a_reason() {
 
 #[tokio::test]
 async fn hostile_network_options_run_nothing_on_the_host() {
-    let _shared = HOSTS.read().unwrap_or_else(|e| e.into_inner());
+    let _shared = HOSTS.read().await;
     let fx = fixture().await;
     let address = fx.hosts[3].clone();
     testbed(&["host-reset", &address]);
@@ -288,7 +288,7 @@ async fn hostile_network_options_run_nothing_on_the_host() {
 /// same time (the wall time is printed, not asserted).
 #[tokio::test]
 async fn twenty_hosts_at_once() {
-    let _all = HOSTS.write().unwrap_or_else(|e| e.into_inner());
+    let _all = HOSTS.write().await;
     let fx = fixture().await;
     let all: Vec<String> = env("COMMISSAIRE_TEST_HOSTS").split_whitespace().map(str::to_string).collect();
     assert!(all.len() >= 20, "20 test hosts are needed (scripts/testbed up --hosts 20), found {}", all.len());
