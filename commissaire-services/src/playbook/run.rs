@@ -638,15 +638,20 @@ impl PlaybookRunner {
                 return Ok(Outcome::fail(format!("systemctl daemon-reload: {}", out.stderr.trim())));
             }
         }
+        // The failed outcome of `systemctl VERB NAME`, with its stderr.
+        let verb_failed = |verb: &str, out: &CommandOutput| {
+            (!out.success()).then(|| {
+                let mut o = Outcome::fail(format!("systemctl {verb} {name} failed"));
+                o.stderr = out.stderr.trim().to_owned();
+                o
+            })
+        };
         if let Some(want) = args.get("enabled").map(|v| ansible_truthy(v).unwrap_or(false)) {
             let is = self.exec(target, &systemctl("is-enabled")).await?.success();
             if is != want {
                 let verb = if want { "enable" } else { "disable" };
-                let out = self.exec(target, &systemctl(verb)).await?;
-                if !out.success() {
-                    let mut o = Outcome::fail(format!("systemctl {verb} {name} failed"));
-                    o.stderr = out.stderr.trim().to_owned();
-                    return Ok(o);
+                if let Some(failed) = verb_failed(verb, &self.exec(target, &systemctl(verb)).await?) {
+                    return Ok(failed);
                 }
                 changed = true;
                 done.push(verb);
@@ -667,11 +672,8 @@ impl PlaybookRunner {
                 other => return Ok(Outcome::fail(format!("service state {other:?} is not supported"))),
             };
             if let Some(verb) = verb {
-                let out = self.exec(target, &systemctl(verb)).await?;
-                if !out.success() {
-                    let mut o = Outcome::fail(format!("systemctl {verb} {name} failed"));
-                    o.stderr = out.stderr.trim().to_owned();
-                    return Ok(o);
+                if let Some(failed) = verb_failed(verb, &self.exec(target, &systemctl(verb)).await?) {
+                    return Ok(failed);
                 }
                 changed = true;
                 done.push(verb);
