@@ -45,9 +45,9 @@ pub struct AllInOne {
 /// What the all-in-one process runs.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Run the services that connect to managed hosts (investigator). Off only
-    /// to try or test the REST layer with made-up hosts, which would otherwise
-    /// be contacted.
+    /// Run the services that connect to managed hosts (investigator, cluster
+    /// exec, watcher). Off only to try or test the REST layer with made-up
+    /// hosts, which would otherwise be contacted.
     pub host_services: bool,
     /// The investigator's configuration members (see
     /// `investigator::bootstrap_from_config`): the `investigator` object of

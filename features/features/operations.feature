@@ -49,10 +49,29 @@ Feature: Cluster operations
     Given I have created /api/v0/cluster/$cluster
     When I PUT /api/v0/cluster/$cluster/restart with:
       """
-      {"batch": 2}
+      {"parallel": 2}
       """
     Then the response status is 400
-    And the error message mentions "batch"
+    And the error message mentions "parallel"
+
+  Scenario Outline: A bad knob is refused naming it
+    Given I have created /api/v0/cluster/$cluster
+    When I PUT /api/v0/cluster/$cluster/restart with:
+      """
+      <body>
+      """
+    Then the response status is 400
+    And the error message mentions "<knob>"
+    And GET /api/v0/cluster/$cluster/restart answers 404
+
+    Examples:
+      | body                          | knob                 |
+      | {"batch": 0}                  | batch                |
+      | {"batch": "150%"}             | batch                |
+      | {"failure_budget": -1}        | failure_budget       |
+      | {"soak_seconds": "soon"}      | soak_seconds         |
+      | {"host_timeout_seconds": 0}   | host_timeout_seconds |
+      | {"health_gate": "yes"}        | health_gate          |
 
   Scenario: Operation routes take no trailing slash
     Given I have created /api/v0/cluster/$cluster
