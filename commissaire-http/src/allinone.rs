@@ -2,9 +2,10 @@
 //! state in one data directory (the embedded store, the secrets key and, when no
 //! authentication is configured, a users file with a generated admin).
 //!
-//! It runs the storage, container manager, investigator and watcher services
-//! (the last two only with [`Options::host_services`]); the cluster exec
-//! service joins when it is built.
+//! It runs the storage, container manager, investigator, cluster exec and
+//! watcher services (the last three only with [`Options::host_services`]). The
+//! cluster exec service takes its playbooks from the investigator's
+//! `playbooks_dir`.
 
 use std::{
     fs,
@@ -19,6 +20,7 @@ use commissaire_core::{
     secrets::SecretsKey,
 };
 use commissaire_services::{
+    clusterexec::service::{self as clusterexec, ClusterExec},
     containermgr::{self, ContainerManagerService},
     investigator::{self, Investigator},
     storage::{self, StorageService},
@@ -43,9 +45,9 @@ pub struct AllInOne {
 /// What the all-in-one process runs.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Run the services that connect to managed hosts (investigator). Off only
-    /// to try or test the REST layer with made-up hosts, which would otherwise
-    /// be contacted.
+    /// Run the services that connect to managed hosts (investigator, cluster
+    /// exec, watcher). Off only to try or test the REST layer with made-up
+    /// hosts, which would otherwise be contacted.
     pub host_services: bool,
     /// The investigator's configuration members (see
     /// `investigator::bootstrap_from_config`): the `investigator` object of
@@ -83,6 +85,12 @@ pub async fn start(data_dir: &Path, configured_plugins: Vec<PluginSpec>, options
         let investigator = Arc::new(Investigator::new(bus.clone(), SshTransport::new(SshConfig::default()), bootstrap));
         services
             .push(bus.serve(investigator::QUEUE, investigator::PATTERNS, investigator, ServeOptions::default()).await?);
+        let playbooks = clusterexec::playbooks_from_config(&options.investigator)?;
+        let clusterexec_service =
+            Arc::new(ClusterExec::new(bus.clone(), SshTransport::new(SshConfig::default()), playbooks));
+        services.push(
+            bus.serve(clusterexec::QUEUE, clusterexec::PATTERNS, clusterexec_service, ServeOptions::default()).await?,
+        );
     }
     let watcher = if options.host_services {
         let settings = watcher::settings(&options.watcher, &watcher::Overrides::default())

@@ -1,7 +1,8 @@
 Feature: Cluster operations
   Deploy, upgrade and restart run on a whole cluster; their records say how far
-  they got. (Starting one needs the cluster exec service, which these scenarios
-  do not run: they cover reading records and refusing bad requests.)
+  they got. (Starting one needs the cluster exec service, which runs only with
+  the host services: the scenarios without the @hosts tag cover reading records
+  and refusing bad requests.)
 
   Scenario Outline: A cluster without a <operation> record
     Given I have created /api/v0/cluster/$cluster
@@ -49,10 +50,42 @@ Feature: Cluster operations
     Given I have created /api/v0/cluster/$cluster
     When I PUT /api/v0/cluster/$cluster/restart with:
       """
-      {"batch": 2}
+      {"parallel": 2}
       """
     Then the response status is 400
-    And the error message mentions "batch"
+    And the error message mentions "parallel"
+
+  @hosts
+  Scenario: An operation starts with its knobs recorded
+    Given I have created /api/v0/cluster/$cluster
+    When I PUT /api/v0/cluster/$cluster/restart with:
+      """
+      {"batch": "50%", "failure_budget": 1}
+      """
+    Then the response status is 201
+    And the response field "/status" is "in_process"
+    And the response field "/knobs" is {"batch": "50%", "failure_budget": 1}
+    And the response field "/restarted" is []
+    And the response field "/finished_at" is null
+
+  Scenario Outline: A bad knob is refused naming it
+    Given I have created /api/v0/cluster/$cluster
+    When I PUT /api/v0/cluster/$cluster/restart with:
+      """
+      <body>
+      """
+    Then the response status is 400
+    And the error message mentions "<knob>"
+    And GET /api/v0/cluster/$cluster/restart answers 404
+
+    Examples:
+      | body                          | knob                 |
+      | {"batch": 0}                  | batch                |
+      | {"batch": "150%"}             | batch                |
+      | {"failure_budget": -1}        | failure_budget       |
+      | {"soak_seconds": "soon"}      | soak_seconds         |
+      | {"host_timeout_seconds": 0}   | host_timeout_seconds |
+      | {"health_gate": "yes"}        | health_gate          |
 
   Scenario: Operation routes take no trailing slash
     Given I have created /api/v0/cluster/$cluster

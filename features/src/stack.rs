@@ -47,6 +47,7 @@ pub struct Binaries {
     pub investigator: PathBuf,
     pub containermgr: PathBuf,
     pub watcher: PathBuf,
+    pub clusterexec: PathBuf,
 }
 
 impl Binaries {
@@ -67,15 +68,19 @@ impl Binaries {
             find("commissaire-investigator-service"),
             find("commissaire-containermgr-service"),
             find("commissaire-watcher-service"),
+            find("commissaire-clusterexec-service"),
         );
         match (find("commissaire-server"), services) {
-            (Some(server), (Some(storage), Some(investigator), Some(containermgr), Some(watcher))) => {
-                let bins = Self { server, storage, investigator, containermgr, watcher };
+            (
+                Some(server),
+                (Some(storage), Some(investigator), Some(containermgr), Some(watcher), Some(clusterexec)),
+            ) => {
+                let bins = Self { server, storage, investigator, containermgr, watcher, clusterexec };
                 bins.check_fresh()?;
                 Ok(bins)
             }
             _ => bail!(
-                "commissaire-server and the service binaries (storage, investigator, containermgr, watcher) were not found \
+                "commissaire-server and the service binaries (storage, investigator, containermgr, watcher, clusterexec) were not found \
                  in {}: build them first with `cargo build --workspace --bins` (scripts/test builds them as part of \
                  `cargo test --workspace --all-targets`)",
                 dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(" or ")
@@ -101,12 +106,15 @@ impl Binaries {
         let containermgr_sources = |p: &Path| !p.starts_with(&services_bin) || p == containermgr_main;
         let watcher_main = services_bin.join("commissaire-watcher-service.rs");
         let watcher_sources = |p: &Path| !p.starts_with(&services_bin) || p == watcher_main;
-        let checks: [(&PathBuf, &[&str], SourceFilter<'_>); 5] = [
+        let clusterexec_main = services_bin.join("commissaire-clusterexec-service.rs");
+        let clusterexec_sources = |p: &Path| !p.starts_with(&services_bin) || p == clusterexec_main;
+        let checks: [(&PathBuf, &[&str], SourceFilter<'_>); 6] = [
             (&self.server, &["commissaire-core", "commissaire-services", "commissaire-http"], &server_sources),
             (&self.storage, &["commissaire-core", "commissaire-services"], &storage_sources),
             (&self.investigator, &["commissaire-core", "commissaire-services"], &investigator_sources),
             (&self.containermgr, &["commissaire-core", "commissaire-services"], &containermgr_sources),
             (&self.watcher, &["commissaire-core", "commissaire-services"], &watcher_sources),
+            (&self.clusterexec, &["commissaire-core", "commissaire-services"], &clusterexec_sources),
         ];
         for (binary, crates, include) in checks {
             let mut newest = None;
@@ -229,7 +237,8 @@ pub struct Stack {
 
 impl Stack {
     /// The multi-process deployment: storage service on etcd, REST server, on
-    /// AMQP; with `host_services`, also the investigator service.
+    /// AMQP; with `host_services`, also the investigator, cluster exec and
+    /// watcher services.
     pub async fn multi_process(bins: &Binaries, host_services: bool) -> anyhow::Result<Self> {
         let amqp = env("COMMISSAIRE_AMQP_URL")?;
         let etcd = env("COMMISSAIRE_ETCD_URL")?;
@@ -237,7 +246,10 @@ impl Stack {
         let exchange = format!("features-{run}");
         let namespace = format!("/features-{run}");
         let extra = if host_services {
-            format!(" + commissaire-investigator-service + commissaire-watcher-service --interval {WATCHER_INTERVAL}")
+            format!(
+                " + commissaire-investigator-service + commissaire-clusterexec-service \
+                 + commissaire-watcher-service --interval {WATCHER_INTERVAL}"
+            )
         } else {
             String::new()
         };
@@ -283,6 +295,11 @@ impl Stack {
             let log = stack.dir.path().join("investigator.log");
             stack.processes.push(Process::spawn("commissaire-investigator-service", investigator, log)?);
             stack.wait_for_log("investigator service ready").await?;
+            let mut clusterexec = Command::new(&bins.clusterexec);
+            clusterexec.args(["--bus-uri", &amqp, "--bus-exchange", &exchange]);
+            let log = stack.dir.path().join("clusterexec.log");
+            stack.processes.push(Process::spawn("commissaire-clusterexec-service", clusterexec, log)?);
+            stack.wait_for_log("clusterexec service ready").await?;
             let mut watcher = Command::new(&bins.watcher);
             watcher.args(["--bus-uri", &amqp, "--bus-exchange", &exchange]).args(["--interval", WATCHER_INTERVAL]);
             let log = stack.dir.path().join("watcher.log");

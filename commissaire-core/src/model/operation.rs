@@ -1,8 +1,13 @@
 //! Records of cluster-wide operations: deploy, restart and upgrade. One record per
 //! cluster and kind, keyed by the cluster's name. Host lists hold addresses;
 //! `finished_at` is null until the operation ends.
+//!
+//! Additive fields (not in the original): `reason` says why a `failed`
+//! operation failed, `failed_hosts` lists the hosts that failed (addresses),
+//! `knobs` holds the rollout knobs the operation was started with.
 
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use super::{Field, FieldError, Kind, Model, check_name, check_one_of};
 
@@ -32,6 +37,15 @@ pub struct ClusterDeploy {
     pub started_at: String,
     #[serde(default)]
     pub finished_at: Option<String>,
+    /// Why the operation failed (empty otherwise).
+    #[serde(default)]
+    pub reason: String,
+    /// The hosts that failed, in the order they failed.
+    #[serde(default)]
+    pub failed_hosts: Vec<String>,
+    /// The knobs the operation runs with (empty: the defaults).
+    #[serde(default)]
+    pub knobs: Map<String, Value>,
 }
 
 impl Model for ClusterDeploy {
@@ -44,6 +58,9 @@ impl Model for ClusterDeploy {
         Field::optional("in_process", Kind::StrList),
         Field::optional("started_at", Kind::Str),
         Field::optional("finished_at", Kind::OptStr),
+        Field::optional("reason", Kind::Str),
+        Field::optional("failed_hosts", Kind::StrList),
+        Field::optional("knobs", Kind::Dict),
     ];
 
     fn primary_key(&self) -> Option<&str> {
@@ -72,6 +89,15 @@ pub struct ClusterRestart {
     pub started_at: String,
     #[serde(default)]
     pub finished_at: Option<String>,
+    /// Why the operation failed (empty otherwise).
+    #[serde(default)]
+    pub reason: String,
+    /// The hosts that failed, in the order they failed.
+    #[serde(default)]
+    pub failed_hosts: Vec<String>,
+    /// The knobs the operation runs with (empty: the defaults).
+    #[serde(default)]
+    pub knobs: Map<String, Value>,
 }
 
 impl Model for ClusterRestart {
@@ -83,6 +109,9 @@ impl Model for ClusterRestart {
         Field::optional("in_process", Kind::StrList),
         Field::optional("started_at", Kind::Str),
         Field::optional("finished_at", Kind::OptStr),
+        Field::optional("reason", Kind::Str),
+        Field::optional("failed_hosts", Kind::StrList),
+        Field::optional("knobs", Kind::Dict),
     ];
 
     fn primary_key(&self) -> Option<&str> {
@@ -108,6 +137,15 @@ pub struct ClusterUpgrade {
     pub started_at: String,
     #[serde(default)]
     pub finished_at: Option<String>,
+    /// Why the operation failed (empty otherwise).
+    #[serde(default)]
+    pub reason: String,
+    /// The hosts that failed, in the order they failed.
+    #[serde(default)]
+    pub failed_hosts: Vec<String>,
+    /// The knobs the operation runs with (empty: the defaults).
+    #[serde(default)]
+    pub knobs: Map<String, Value>,
 }
 
 impl Model for ClusterUpgrade {
@@ -119,6 +157,9 @@ impl Model for ClusterUpgrade {
         Field::optional("in_process", Kind::StrList),
         Field::optional("started_at", Kind::Str),
         Field::optional("finished_at", Kind::OptStr),
+        Field::optional("reason", Kind::Str),
+        Field::optional("failed_hosts", Kind::StrList),
+        Field::optional("knobs", Kind::Dict),
     ];
 
     fn primary_key(&self) -> Option<&str> {

@@ -2,6 +2,7 @@
 //! or start one through the cluster exec service.
 
 use commissaire_core::model::{Cluster, ClusterDeploy, ClusterRestart, ClusterUpgrade, Model};
+use commissaire_services::clusterexec::plan::Knobs;
 use serde_json::{Map, Value, json};
 
 use super::{Api, ApiError, ApiResult, Reply, reject_unknown, string_field};
@@ -26,10 +27,15 @@ impl Api {
     }
 
     /// Starts an operation; the service answers with the initial record.
+    /// The optional knobs ([`KNOBS`]) go to the service as the last params
+    /// element (an object), only when some are given.
     pub async fn start_operation(&self, name: &str, operation: Operation, body: &Map<String, Value>) -> ApiResult {
-        let params = match operation {
+        let knobs = knobs_of(body)?;
+        let mut params = match operation {
             Operation::Deploy => {
-                reject_unknown(body, &["version"])?;
+                let mut allowed = vec!["version"];
+                allowed.extend_from_slice(KNOBS);
+                reject_unknown(body, &allowed)?;
                 let version = string_field(body, "version")?
                     .filter(|v| !v.is_empty())
                     .ok_or_else(|| ApiError::bad_request("version is required: the OSTree version to deploy"))?;
@@ -39,10 +45,13 @@ impl Api {
                 json!([name, version])
             }
             Operation::Upgrade | Operation::Restart => {
-                reject_unknown(body, &[])?;
+                reject_unknown(body, KNOBS)?;
                 json!([name])
             }
         };
+        if let (Some(knobs), Some(items)) = (knobs, params.as_array_mut()) {
+            items.push(Value::Object(knobs));
+        }
         self.storage.get::<Cluster>(name).await?;
         if let Some(running) = self.running_operation(name).await? {
             return Err(ApiError::conflict(format!("cluster {name} already has a {running} in process")));
@@ -51,5 +60,65 @@ impl Api {
             self.call_service("clusterexec", &format!("jobs.clusterexec.{}", operation.as_str()), params).await?;
         tracing::info!(cluster = %name, operation = operation.as_str(), "operation started");
         Ok(Reply::created(record))
+    }
+}
+
+/// The optional rollout knobs of a PUT body (see `clusterexec::plan::Knobs`).
+pub const KNOBS: &[&str] = &["batch", "failure_budget", "soak_seconds", "host_timeout_seconds", "health_gate"];
+
+/// The knob members of `body`, checked (400 naming the field); `None` when
+/// there are none.
+fn knobs_of(body: &Map<String, Value>) -> Result<Option<Map<String, Value>>, ApiError> {
+    let given: Map<String, Value> =
+        body.iter().filter(|(k, _)| KNOBS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
+    if given.is_empty() {
+        return Ok(None);
+    }
+    for (field, value) in &given {
+        let ok = match field.as_str() {
+            "batch" => value.is_i64() || value.is_string(),
+            "health_gate" => value.is_boolean(),
+            _ => value.is_i64(),
+        };
+        if !ok {
+            let expected = match field.as_str() {
+                "batch" => "a count or a percentage such as \"25%\"",
+                "health_gate" => "true or false",
+                _ => "an integer",
+            };
+            return Err(ApiError::bad_request(format!("{field}: must be {expected}")));
+        }
+    }
+    let knobs: Knobs = serde_json::from_value(Value::Object(given.clone()))
+        .map_err(|e| ApiError::bad_request(format!("knobs: {e}")))?;
+    knobs.validate().map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok(Some(given))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(value: Value) -> Map<String, Value> {
+        value.as_object().cloned().expect("an object")
+    }
+
+    #[test]
+    fn knobs_are_checked_and_the_field_named() {
+        assert_eq!(knobs_of(&body(json!({"version": "1"}))).expect("none"), None);
+        let given = knobs_of(&body(json!({"batch": "40%", "soak_seconds": 5}))).expect("valid");
+        assert_eq!(given, Some(body(json!({"batch": "40%", "soak_seconds": 5}))));
+        for (bad, field) in [
+            (json!({"batch": 0}), "batch"),
+            (json!({"batch": "200%"}), "batch"),
+            (json!({"batch": true}), "batch"),
+            (json!({"failure_budget": -1}), "failure_budget"),
+            (json!({"soak_seconds": "x"}), "soak_seconds"),
+            (json!({"host_timeout_seconds": 0}), "host_timeout_seconds"),
+            (json!({"health_gate": 1}), "health_gate"),
+        ] {
+            let err = knobs_of(&body(bad.clone())).expect_err("refused");
+            assert!(format!("{err:?}").contains(field), "{bad}: {err:?}");
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! Cluster operations (restart, upgrade, deploy) rolled across a cluster's
-//! hosts. This module holds the planner; the service that carries its
-//! decisions out is still to come.
+//! hosts. This module holds the planner and the service ([`service`]) that
+//! carries its decisions out.
 //!
 //! # The planner ([`plan`])
 //!
@@ -58,3 +58,4 @@
 //!   out reaches an ended phase in a number of steps linear in the hosts.
 
 pub mod plan;
+pub mod service;

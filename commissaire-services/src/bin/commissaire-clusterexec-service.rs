@@ -1,0 +1,28 @@
+//! `commissaire-clusterexec-service`: answers `jobs.clusterexec.restart|upgrade|deploy` on the bus.
+
+use clap::Parser;
+use commissaire_services::{
+    clusterexec::service::{self, ClusterExec},
+    runner,
+    transport::{SshConfig, SshTransport},
+};
+
+#[derive(Parser)]
+#[command(name = "commissaire-clusterexec-service", version, about = "Commissaire cluster exec service")]
+struct Cli {
+    #[command(flatten)]
+    common: runner::CommonArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = cli.common.resolve("/etc/commissaire/clusterexec.conf")?;
+    runner::init_logging(config.debug);
+    let bus = config.connect_bus().await?;
+    let playbooks = service::playbooks_from_config(&config.members)?;
+    tracing::info!(playbook = %playbooks.restart.path().display(), "operation playbooks loaded");
+    let clusterexec =
+        std::sync::Arc::new(ClusterExec::new(bus.clone(), SshTransport::new(SshConfig::default()), playbooks));
+    runner::serve_until_stopped(&config, &bus, service::QUEUE, service::PATTERNS, clusterexec, "clusterexec").await
+}
