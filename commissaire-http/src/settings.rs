@@ -64,7 +64,7 @@ pub struct Flags {
     #[arg(long, value_name = "DIR", requires = "all_in_one")]
     pub data_dir: Option<PathBuf>,
     /// All-in-one without the services that connect to managed hosts over SSH
-    /// (investigator, watcher): for trying the REST API with made-up hosts.
+    /// (investigator, watcher, cluster exec): for trying the REST API with made-up hosts.
     #[arg(long, requires = "all_in_one")]
     pub no_host_services: bool,
 }
