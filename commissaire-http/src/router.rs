@@ -24,6 +24,24 @@ impl Operation {
     }
 }
 
+/// What an operator asks of a running operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Pause,
+    Resume,
+    Abort,
+}
+
+impl Control {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Control::Pause => "pause",
+            Control::Resume => "resume",
+            Control::Abort => "abort",
+        }
+    }
+}
+
 /// A matched route with its path parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
@@ -50,6 +68,8 @@ pub enum Route {
     ClusterHost { name: String, host: String },
     /// `/api/v0/cluster/{name}/deploy|upgrade|restart`
     ClusterOperation { name: String, operation: Operation },
+    /// `/api/v0/cluster/{name}/deploy|upgrade|restart/pause|resume|abort`
+    ClusterOperationControl { name: String, operation: Operation, control: Control },
     /// `/api/v0/networks`
     Networks,
     /// `/api/v0/network/{name}`
@@ -70,7 +90,7 @@ impl Route {
         const GET_DELETE: &[Method] = &[Method::GET, Method::DELETE];
         match self {
             Route::Hosts | Route::Clusters | Route::Networks | Route::ContainerManagers => GET,
-            Route::HostSelf => PUT,
+            Route::HostSelf | Route::ClusterOperationControl { .. } => PUT,
             Route::HostCreds { .. } | Route::HostStatus { .. } => GET,
             Route::HostKey { .. } => GET_DELETE,
             Route::ClusterHosts { .. } | Route::ClusterOperation { .. } => GET_PUT,
@@ -98,6 +118,9 @@ impl Route {
             Route::ClusterOperation { operation: Operation::Deploy, .. } => "cluster_deploy",
             Route::ClusterOperation { operation: Operation::Upgrade, .. } => "cluster_upgrade",
             Route::ClusterOperation { operation: Operation::Restart, .. } => "cluster_restart",
+            Route::ClusterOperationControl { control: Control::Pause, .. } => "cluster_operation_pause",
+            Route::ClusterOperationControl { control: Control::Resume, .. } => "cluster_operation_resume",
+            Route::ClusterOperationControl { control: Control::Abort, .. } => "cluster_operation_abort",
             Route::Networks => "networks",
             Route::Network { .. } => "network",
             Route::ContainerManagers => "container_managers",
@@ -108,6 +131,15 @@ impl Route {
     /// Whether the route hands out secrets (read-only identities never see them).
     pub fn is_secret(&self) -> bool {
         matches!(self, Route::HostCreds { .. })
+    }
+}
+
+fn operation(s: &str) -> Option<Operation> {
+    match s {
+        "deploy" => Some(Operation::Deploy),
+        "upgrade" => Some(Operation::Upgrade),
+        "restart" => Some(Operation::Restart),
+        _ => None,
     }
 }
 
@@ -147,14 +179,15 @@ pub fn resolve(path: &str) -> Option<Route> {
         ["cluster", n] => Some(Route::Cluster { name: name(n)? }),
         ["cluster", n, "hosts"] => Some(Route::ClusterHosts { name: name(n)? }),
         ["cluster", n, "hosts", h] => Some(Route::ClusterHost { name: name(n)?, host: address(h)? }),
-        ["cluster", n, op] => {
-            let operation = match *op {
-                "deploy" => Operation::Deploy,
-                "upgrade" => Operation::Upgrade,
-                "restart" => Operation::Restart,
+        ["cluster", n, op] => strict(Route::ClusterOperation { name: name(n)?, operation: operation(op)? }),
+        ["cluster", n, op, c] => {
+            let control = match *c {
+                "pause" => Control::Pause,
+                "resume" => Control::Resume,
+                "abort" => Control::Abort,
                 _ => return None,
             };
-            strict(Route::ClusterOperation { name: name(n)?, operation })
+            strict(Route::ClusterOperationControl { name: name(n)?, operation: operation(op)?, control })
         }
         ["networks"] => Some(Route::Networks),
         ["network", n] => Some(Route::Network { name: name(n)? }),

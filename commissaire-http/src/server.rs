@@ -260,6 +260,12 @@ async fn dispatch(api: &Api, route: Route, method: &Method, client: IpAddr, body
             Err(err) => Err(err),
         },
         (ClusterHost { name, host }, Method::DELETE) => api.delete_cluster_member(&name, &host).await,
+        (ClusterOperationControl { name, operation, control }, Method::PUT) => {
+            match crate::api::reject_unknown(body, &[]) {
+                Ok(()) => api.control_operation(&name, operation, control).await,
+                Err(err) => Err(err),
+            }
+        }
         (ClusterOperation { name, operation }, Method::GET) => api.get_operation(&name, operation).await,
         (ClusterOperation { name, operation }, Method::PUT) => api.start_operation(&name, operation, body).await,
         (Networks, Method::GET) => api.list_networks().await,

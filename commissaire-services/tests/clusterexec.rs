@@ -284,3 +284,76 @@ async fn a_second_operation_on_a_running_cluster_is_refused_and_a_missing_cluste
     let err = fx.bus.request("jobs.clusterexec.restart", json!(["busy", {"batch": 0}]), Duration::from_secs(30)).await;
     assert!(err.expect_err("bad knob").to_string().contains("batch"));
 }
+
+/// Sets the operator's `control` in a restart record, as the REST routes do.
+async fn control(fx: &Fixture, name: &str, wanted: &str) {
+    fx.storage
+        .update::<ClusterRestart, _, std::convert::Infallible>(name, 16, |r| {
+            r.control = wanted.to_string();
+            Ok(true)
+        })
+        .await
+        .expect("storage")
+        .unwrap_or_else(|never| match never {});
+}
+
+#[tokio::test]
+async fn a_paused_restart_starts_no_host_until_resumed_then_restarts_each_once() {
+    let _one = LOCK.lock().await;
+    let hosts = &HOSTS[..3];
+    for host in hosts {
+        testbed(&["host-reset", host]);
+    }
+    let fx = fixture().await;
+    fx.cluster("pausing", hosts, "debian").await;
+    fx.start("restart", json!(["pausing"])).await;
+    control(&fx, "pausing", "pause").await;
+    // Paused with nothing in process: the hosts not restarted yet were never touched.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let paused = loop {
+        let record = fx.storage.get::<ClusterRestart>("pausing").await.expect("record").to_full_json();
+        if record["phase"] == "paused" && strings(&record["in_process"]).is_empty() {
+            break record;
+        }
+        assert!(Instant::now() < deadline, "not paused: {record}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(paused["status"], "in_process", "{paused}");
+    let done = strings(&paused["restarted"]);
+    assert!(done.len() < hosts.len(), "the pause came after the last host: {paused}");
+    for host in hosts.iter().filter(|h| !done.contains(&h.to_string())) {
+        assert!(reboots(host).is_empty(), "{host} was restarted although the operation is paused");
+    }
+    control(&fx, "pausing", "").await;
+    let record = fx.ended::<ClusterRestart>("pausing", Duration::from_secs(300)).await;
+    assert_eq!(record["status"], "finished", "{record}");
+    assert_eq!(record["phase"], "finished", "{record}");
+    assert_eq!(strings(&record["restarted"]), hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>());
+    for host in hosts {
+        assert_eq!(reboots(host).len(), 1, "{host} rebooted once");
+    }
+}
+
+#[tokio::test]
+async fn an_aborted_restart_ends_without_touching_the_remaining_hosts() {
+    let _one = LOCK.lock().await;
+    let hosts = &HOSTS[..3];
+    for host in hosts {
+        testbed(&["host-reset", host]);
+    }
+    let fx = fixture().await;
+    fx.cluster("aborting", hosts, "debian").await;
+    fx.start("restart", json!(["aborting"])).await;
+    control(&fx, "aborting", "abort").await;
+    let record = fx.ended::<ClusterRestart>("aborting", Duration::from_secs(300)).await;
+    assert_eq!(record["status"], "finished", "{record}");
+    assert_eq!(record["phase"], "aborted", "{record}");
+    assert_eq!(record["reason"], "aborted by an operator", "{record}");
+    assert!(record["finished_at"].is_string() && strings(&record["in_process"]).is_empty());
+    let done = strings(&record["restarted"]);
+    assert!(done.len() < hosts.len(), "the abort came after the last host: {record}");
+    for host in hosts {
+        let expected = usize::from(done.contains(&host.to_string()));
+        assert_eq!(reboots(host).len(), expected, "{host}: reboots after the abort");
+    }
+}

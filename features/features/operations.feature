@@ -68,6 +68,26 @@ Feature: Cluster operations
     And the response field "/restarted" is []
     And the response field "/finished_at" is null
 
+  Scenario Outline: Pausing, resuming or aborting an operation that never ran
+    Given I have created /api/v0/cluster/$cluster
+    When I PUT /api/v0/cluster/$cluster/restart/<control>
+    Then the response status is 404
+
+    Examples:
+      | control |
+      | pause   |
+      | resume  |
+      | abort   |
+
+  @hosts
+  Scenario: An operation that ended takes no pause or abort
+    Given I have created /api/v0/cluster/$cluster
+    And I have created /api/v0/cluster/$cluster/restart
+    Then within 30 seconds GET /api/v0/cluster/$cluster/restart has "finished" at "/status"
+    When I PUT /api/v0/cluster/$cluster/restart/abort
+    Then the response status is 409
+    And the error message mentions "not in process"
+
   Scenario Outline: A bad knob is refused naming it
     Given I have created /api/v0/cluster/$cluster
     When I PUT /api/v0/cluster/$cluster/restart with:

@@ -548,6 +548,27 @@ async fn host_up(w: &mut ApiWorld, name: String) {
     w.stopped.retain(|a| a != &address);
 }
 
+#[then(regex = r#"^within (\d+) seconds GET (\S+) has "([^"]*)" at "([^"]*)"$"#)]
+async fn eventually_field(w: &mut ApiWorld, seconds: u64, path: String, value: String, pointer: String) {
+    let deadline = Instant::now() + std::time::Duration::from_secs(seconds);
+    loop {
+        let request = w.request("GET", &path);
+        let response = w.send(request).await;
+        let current =
+            response.json().ok().and_then(|b| b.pointer(&pointer).and_then(Value::as_str).map(str::to_string));
+        if current.as_deref() == Some(value.as_str()) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} did not have {value:?} at {pointer} within {seconds}s; last answer: {} {}",
+            response.status,
+            response.text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
 #[given(regex = r#"^within (\d+) seconds host (\$\w+) has status "(\w+)"$"#)]
 #[then(regex = r#"^within (\d+) seconds host (\$\w+) has status "(\w+)"$"#)]
 async fn eventually_status(w: &mut ApiWorld, seconds: u64, name: String, status: String) {

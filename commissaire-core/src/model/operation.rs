@@ -4,7 +4,10 @@
 //!
 //! Additive fields (not in the original): `reason` says why a `failed`
 //! operation failed, `failed_hosts` lists the hosts that failed (addresses),
-//! `knobs` holds the rollout knobs the operation was started with.
+//! `knobs` holds the rollout knobs the operation was started with, `phase` says
+//! where a running operation is (`running`, `paused`, `aborting`, then
+//! `finished`, `failed` or `aborted`), and `control` is what an operator asked
+//! of it (`pause`, `abort`, or empty to let it run).
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -13,11 +16,21 @@ use super::{Field, FieldError, Kind, Model, check_name, check_one_of};
 
 /// `in_process` while running, then `finished` or `failed`.
 pub const OPERATION_STATUSES: &[&str] = &["in_process", "finished", "failed"];
+/// What an operator may ask of a running operation (empty: let it run).
+pub const OPERATION_CONTROLS: &[&str] = &["pause", "abort"];
+/// Where an operation is.
+pub const OPERATION_PHASES: &[&str] = &["running", "paused", "aborting", "finished", "failed", "aborted"];
 
-fn check_common(name: &str, status: &str, errors: &mut Vec<FieldError>) {
+fn check_common(name: &str, status: &str, control: &str, phase: &str, errors: &mut Vec<FieldError>) {
     check_name("name", name, errors);
     if !status.is_empty() {
         check_one_of("status", status, OPERATION_STATUSES, errors);
+    }
+    if !control.is_empty() {
+        check_one_of("control", control, OPERATION_CONTROLS, errors);
+    }
+    if !phase.is_empty() {
+        check_one_of("phase", phase, OPERATION_PHASES, errors);
     }
 }
 
@@ -46,6 +59,12 @@ pub struct ClusterDeploy {
     /// The knobs the operation runs with (empty: the defaults).
     #[serde(default)]
     pub knobs: Map<String, Value>,
+    /// What an operator asked: `pause`, `abort`, or empty.
+    #[serde(default)]
+    pub control: String,
+    /// Where the operation is (see [`OPERATION_PHASES`]).
+    #[serde(default)]
+    pub phase: String,
 }
 
 impl Model for ClusterDeploy {
@@ -61,6 +80,8 @@ impl Model for ClusterDeploy {
         Field::optional("reason", Kind::Str),
         Field::optional("failed_hosts", Kind::StrList),
         Field::optional("knobs", Kind::Dict),
+        Field::optional("control", Kind::Str),
+        Field::optional("phase", Kind::Str),
     ];
 
     fn primary_key(&self) -> Option<&str> {
@@ -68,7 +89,7 @@ impl Model for ClusterDeploy {
     }
 
     fn check(&self, errors: &mut Vec<FieldError>) {
-        check_common(&self.name, &self.status, errors);
+        check_common(&self.name, &self.status, &self.control, &self.phase, errors);
         if self.version.is_empty() {
             errors.push(FieldError::new("version", "must be a non-empty string"));
         }
@@ -98,6 +119,12 @@ pub struct ClusterRestart {
     /// The knobs the operation runs with (empty: the defaults).
     #[serde(default)]
     pub knobs: Map<String, Value>,
+    /// What an operator asked: `pause`, `abort`, or empty.
+    #[serde(default)]
+    pub control: String,
+    /// Where the operation is (see [`OPERATION_PHASES`]).
+    #[serde(default)]
+    pub phase: String,
 }
 
 impl Model for ClusterRestart {
@@ -112,6 +139,8 @@ impl Model for ClusterRestart {
         Field::optional("reason", Kind::Str),
         Field::optional("failed_hosts", Kind::StrList),
         Field::optional("knobs", Kind::Dict),
+        Field::optional("control", Kind::Str),
+        Field::optional("phase", Kind::Str),
     ];
 
     fn primary_key(&self) -> Option<&str> {
@@ -119,7 +148,7 @@ impl Model for ClusterRestart {
     }
 
     fn check(&self, errors: &mut Vec<FieldError>) {
-        check_common(&self.name, &self.status, errors);
+        check_common(&self.name, &self.status, &self.control, &self.phase, errors);
     }
 }
 
@@ -146,6 +175,12 @@ pub struct ClusterUpgrade {
     /// The knobs the operation runs with (empty: the defaults).
     #[serde(default)]
     pub knobs: Map<String, Value>,
+    /// What an operator asked: `pause`, `abort`, or empty.
+    #[serde(default)]
+    pub control: String,
+    /// Where the operation is (see [`OPERATION_PHASES`]).
+    #[serde(default)]
+    pub phase: String,
 }
 
 impl Model for ClusterUpgrade {
@@ -160,6 +195,8 @@ impl Model for ClusterUpgrade {
         Field::optional("reason", Kind::Str),
         Field::optional("failed_hosts", Kind::StrList),
         Field::optional("knobs", Kind::Dict),
+        Field::optional("control", Kind::Str),
+        Field::optional("phase", Kind::Str),
     ];
 
     fn primary_key(&self) -> Option<&str> {
@@ -167,6 +204,6 @@ impl Model for ClusterUpgrade {
     }
 
     fn check(&self, errors: &mut Vec<FieldError>) {
-        check_common(&self.name, &self.status, errors);
+        check_common(&self.name, &self.status, &self.control, &self.phase, errors);
     }
 }

@@ -6,7 +6,7 @@ use commissaire_services::clusterexec::plan::Knobs;
 use serde_json::{Map, Value, json};
 
 use super::{Api, ApiError, ApiResult, Reply, reject_unknown, string_field};
-use crate::router::Operation;
+use crate::router::{Control, Operation};
 
 impl Api {
     pub async fn get_operation(&self, name: &str, operation: Operation) -> ApiResult {
@@ -61,6 +61,59 @@ impl Api {
         tracing::info!(cluster = %name, operation = operation.as_str(), "operation started");
         Ok(Reply::created(record))
     }
+
+    /// Pauses, resumes or aborts the cluster's running operation: the request
+    /// is written into its record (`control`), which the cluster exec service
+    /// reads before each step. A pause lets the hosts in process finish and
+    /// starts no new one until resumed; an abort lets them finish and ends the
+    /// operation (`phase` `aborted`).
+    pub async fn control_operation(&self, name: &str, operation: Operation, control: Control) -> ApiResult {
+        let attempts = super::CAS_ATTEMPTS;
+        let record = match operation {
+            Operation::Deploy => self
+                .storage
+                .update::<ClusterDeploy, _, ApiError>(name, attempts, |r| {
+                    apply_control(&r.status, &mut r.control, control)
+                })
+                .await?
+                .map(|r| r.to_full_json()),
+            Operation::Upgrade => self
+                .storage
+                .update::<ClusterUpgrade, _, ApiError>(name, attempts, |r| {
+                    apply_control(&r.status, &mut r.control, control)
+                })
+                .await?
+                .map(|r| r.to_full_json()),
+            Operation::Restart => self
+                .storage
+                .update::<ClusterRestart, _, ApiError>(name, attempts, |r| {
+                    apply_control(&r.status, &mut r.control, control)
+                })
+                .await?
+                .map(|r| r.to_full_json()),
+        }?;
+        tracing::info!(cluster = %name, operation = operation.as_str(), control = control.as_str(), "operation control");
+        Ok(Reply::ok(record))
+    }
+}
+
+/// Sets a record's `control` for an operator's request; whether it changed.
+/// Only a running operation takes one, and an abort is final.
+fn apply_control(status: &str, current: &mut String, control: Control) -> Result<bool, ApiError> {
+    if status != "in_process" {
+        return Err(ApiError::conflict(format!("the operation is {status}, not in process")));
+    }
+    let wanted = match control {
+        Control::Pause | Control::Resume if current == "abort" => {
+            return Err(ApiError::conflict("the operation is being aborted"));
+        }
+        Control::Pause => "pause",
+        Control::Resume => "",
+        Control::Abort => "abort",
+    };
+    let changed = current != wanted;
+    *current = wanted.to_string();
+    Ok(changed)
 }
 
 /// The optional rollout knobs of a PUT body (see `clusterexec::plan::Knobs`).

@@ -125,12 +125,14 @@ struct Fields<'a> {
     reason: &'a mut String,
     failed_hosts: &'a mut Vec<String>,
     knobs: &'a mut Map<String, Value>,
+    phase: &'a mut String,
 }
 
 trait OpRecord: Model + Clone + Send + Sync + 'static {
     fn named(name: &str, version: &str) -> Self;
     fn fields(&mut self) -> Fields<'_>;
     fn status(&self) -> &str;
+    fn control(&self) -> &str;
 }
 
 macro_rules! op_record {
@@ -149,10 +151,14 @@ macro_rules! op_record {
                     reason: &mut self.reason,
                     failed_hosts: &mut self.failed_hosts,
                     knobs: &mut self.knobs,
+                    phase: &mut self.phase,
                 }
             }
             fn status(&self) -> &str {
                 &self.status
+            }
+            fn control(&self) -> &str {
+                &self.control
             }
         }
     };
@@ -168,6 +174,8 @@ op_record!(ClusterRestart, restarted, |name, _version| ClusterRestart {
     reason: String::new(),
     failed_hosts: Vec::new(),
     knobs: Map::new(),
+    control: String::new(),
+    phase: String::new(),
 });
 op_record!(ClusterUpgrade, upgraded, |name, _version| ClusterUpgrade {
     name: name.to_string(),
@@ -179,6 +187,8 @@ op_record!(ClusterUpgrade, upgraded, |name, _version| ClusterUpgrade {
     reason: String::new(),
     failed_hosts: Vec::new(),
     knobs: Map::new(),
+    control: String::new(),
+    phase: String::new(),
 });
 op_record!(ClusterDeploy, deployed, |name, version| ClusterDeploy {
     name: name.to_string(),
@@ -191,6 +201,8 @@ op_record!(ClusterDeploy, deployed, |name, version| ClusterDeploy {
     reason: String::new(),
     failed_hosts: Vec::new(),
     knobs: Map::new(),
+    control: String::new(),
+    phase: String::new(),
 });
 
 /// Copies the planner's state into a record's host lists and status.
@@ -208,9 +220,23 @@ fn mirror(fields: Fields<'_>, state: &OpState) {
             fields.failed_hosts.push(host);
         }
     }
+    *fields.phase = match &state.phase {
+        Phase::Running => "running",
+        Phase::Paused => "paused",
+        Phase::Aborting => "aborting",
+        Phase::Finished => "finished",
+        Phase::Failed { .. } => "failed",
+        Phase::Aborted => "aborted",
+    }
+    .into();
     match &state.phase {
-        Phase::Finished | Phase::Aborted => {
+        Phase::Finished => {
             *fields.status = "finished".into();
+            *fields.finished_at = Some(timestamp::now());
+        }
+        Phase::Aborted => {
+            *fields.status = "finished".into();
+            *fields.reason = "aborted by an operator".into();
             *fields.finished_at = Some(timestamp::now());
         }
         Phase::Failed { host, reason } => {
@@ -385,6 +411,9 @@ fn storage_error(err: StorageError) -> RpcError {
     RpcError::internal(format!("storage: {err}"))
 }
 
+/// How often a paused operation looks for a resume or an abort.
+const CONTROL_POLL: Duration = Duration::from_millis(300);
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -451,6 +480,25 @@ impl Inner {
         let mut running: JoinSet<(String, Result<(), String>)> = JoinSet::new();
         let mut last_batch: Vec<String> = Vec::new();
         loop {
+            // What an operator asked through the record (pause, abort, or
+            // nothing: resume a paused operation).
+            let wanted = match self.storage.get::<R>(&request.cluster).await {
+                Ok(record) => record.control().to_string(),
+                Err(e) => return Err((state, format!("storage: {e}"))),
+            };
+            let control = match (wanted.as_str(), &state.phase) {
+                ("abort", Phase::Running | Phase::Paused) => Some(Observation::Abort),
+                ("pause", Phase::Running) => Some(Observation::Pause),
+                ("", Phase::Paused) => Some(Observation::Resume),
+                _ => None,
+            };
+            if let Some(observation) = control {
+                tracing::info!(cluster = %request.cluster, operation = request.kind.as_str(), ?observation, "operator control");
+                state = plan::apply(&state, knobs, &observation).map_err(|e| (state.clone(), e.to_string()))?;
+                self.write::<R>(&request.cluster, &state)
+                    .await
+                    .map_err(|e| (state.clone(), format!("storage: {e}")))?;
+            }
             let now = now_ms();
             let decision = plan::next(&state, knobs, now);
             match &decision {
@@ -506,6 +554,10 @@ impl Inner {
                 Decision::Finish | Decision::Fail { .. } | Decision::EndAborted => {
                     state = plan::commit(&state, knobs, &decision, now).map_err(|e| (state.clone(), e.to_string()))?;
                     return Ok(state);
+                }
+                // Paused: nothing starts until an operator resumes or aborts.
+                Decision::Idle if state.phase == Phase::Paused => {
+                    tokio::time::sleep(CONTROL_POLL).await;
                 }
                 Decision::Idle => return Ok(state),
             }
