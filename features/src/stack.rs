@@ -96,43 +96,41 @@ impl Binaries {
     fn check_fresh(&self) -> anyhow::Result<()> {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("workspace root")?;
         let services_bin = root.join("commissaire-services/src/bin");
-        let storage_main = services_bin.join("commissaire-storage-service.rs");
-        let investigator_main = services_bin.join("commissaire-investigator-service.rs");
-        // What each binary is built from (other binaries' mains excluded).
-        let server_sources = |p: &Path| !p.starts_with(&services_bin);
-        let storage_sources = |p: &Path| !p.starts_with(&services_bin) || p == storage_main;
-        let investigator_sources = |p: &Path| !p.starts_with(&services_bin) || p == investigator_main;
-        let containermgr_main = services_bin.join("commissaire-containermgr-service.rs");
-        let containermgr_sources = |p: &Path| !p.starts_with(&services_bin) || p == containermgr_main;
-        let watcher_main = services_bin.join("commissaire-watcher-service.rs");
-        let watcher_sources = |p: &Path| !p.starts_with(&services_bin) || p == watcher_main;
-        let clusterexec_main = services_bin.join("commissaire-clusterexec-service.rs");
-        let clusterexec_sources = |p: &Path| !p.starts_with(&services_bin) || p == clusterexec_main;
-        let checks: [(&PathBuf, &[&str], SourceFilter<'_>); 6] = [
-            (&self.server, &["commissaire-core", "commissaire-services", "commissaire-http"], &server_sources),
-            (&self.storage, &["commissaire-core", "commissaire-services"], &storage_sources),
-            (&self.investigator, &["commissaire-core", "commissaire-services"], &investigator_sources),
-            (&self.containermgr, &["commissaire-core", "commissaire-services"], &containermgr_sources),
-            (&self.watcher, &["commissaire-core", "commissaire-services"], &watcher_sources),
-            (&self.clusterexec, &["commissaire-core", "commissaire-services"], &clusterexec_sources),
-        ];
-        for (binary, crates, include) in checks {
-            let mut newest = None;
-            for name in crates {
-                newest_source(&root.join(name).join("src"), include, &mut newest);
-            }
-            let Some((source_time, source)) = newest else { continue };
-            let built = std::fs::metadata(binary).and_then(|m| m.modified())?;
-            if built < source_time {
-                bail!(
-                    "{} is older than {}: rebuild the binaries first with `cargo build --workspace --bins`",
-                    binary.display(),
-                    source.display()
-                );
-            }
+        // What each binary is built from: its crates, other binaries' mains excluded.
+        check_built_after(
+            root,
+            &self.server,
+            &["commissaire-core", "commissaire-services", "commissaire-http"],
+            &|p| !p.starts_with(&services_bin),
+        )?;
+        for binary in [&self.storage, &self.investigator, &self.containermgr, &self.watcher, &self.clusterexec] {
+            let name = binary.file_name().and_then(|n| n.to_str()).context("a binary's file name")?;
+            let main = services_bin.join(format!("{name}.rs"));
+            check_built_after(root, binary, &["commissaire-core", "commissaire-services"], &|p| {
+                !p.starts_with(&services_bin) || p == main
+            })?;
         }
         Ok(())
     }
+}
+
+/// Fails when `binary` is older than the newest source of `crates` that
+/// `include` accepts.
+fn check_built_after(root: &Path, binary: &Path, crates: &[&str], include: SourceFilter<'_>) -> anyhow::Result<()> {
+    let mut newest = None;
+    for name in crates {
+        newest_source(&root.join(name).join("src"), include, &mut newest);
+    }
+    let Some((source_time, source)) = newest else { return Ok(()) };
+    let built = std::fs::metadata(binary).and_then(|m| m.modified())?;
+    if built < source_time {
+        bail!(
+            "{} is older than {}: rebuild the binaries first with `cargo build --workspace --bins`",
+            binary.display(),
+            source.display()
+        );
+    }
+    Ok(())
 }
 
 /// Which source files count.
@@ -279,32 +277,15 @@ impl Stack {
                 "storage_handlers": [{"type": "etcd", "server_url": etcd, "namespace": namespace, "models": ["*"]}],
             }))?,
         )?;
-        let mut storage = Command::new(&bins.storage);
-        storage.arg("--config-file").arg(&config);
-        let log = stack.dir.path().join("storage.log");
-        stack.processes.push(Process::spawn("commissaire-storage-service", storage, log)?);
-        stack.wait_for_log("storage service ready").await?;
-        let mut containermgr = Command::new(&bins.containermgr);
-        containermgr.args(["--bus-uri", &amqp, "--bus-exchange", &exchange]);
-        let log = stack.dir.path().join("containermgr.log");
-        stack.processes.push(Process::spawn("commissaire-containermgr-service", containermgr, log)?);
-        stack.wait_for_log("container manager service ready").await?;
+        let config = config.to_string_lossy().into_owned();
+        stack.start_service(&bins.storage, &["--config-file", &config], "storage service ready").await?;
+        let bus = ["--bus-uri", amqp.as_str(), "--bus-exchange", exchange.as_str()];
+        stack.start_service(&bins.containermgr, &bus, "container manager service ready").await?;
         if host_services {
-            let mut investigator = Command::new(&bins.investigator);
-            investigator.args(["--bus-uri", &amqp, "--bus-exchange", &exchange]);
-            let log = stack.dir.path().join("investigator.log");
-            stack.processes.push(Process::spawn("commissaire-investigator-service", investigator, log)?);
-            stack.wait_for_log("investigator service ready").await?;
-            let mut clusterexec = Command::new(&bins.clusterexec);
-            clusterexec.args(["--bus-uri", &amqp, "--bus-exchange", &exchange]);
-            let log = stack.dir.path().join("clusterexec.log");
-            stack.processes.push(Process::spawn("commissaire-clusterexec-service", clusterexec, log)?);
-            stack.wait_for_log("clusterexec service ready").await?;
-            let mut watcher = Command::new(&bins.watcher);
-            watcher.args(["--bus-uri", &amqp, "--bus-exchange", &exchange]).args(["--interval", WATCHER_INTERVAL]);
-            let log = stack.dir.path().join("watcher.log");
-            stack.processes.push(Process::spawn("commissaire-watcher-service", watcher, log)?);
-            stack.wait_for_log("watcher service ready").await?;
+            stack.start_service(&bins.investigator, &bus, "investigator service ready").await?;
+            stack.start_service(&bins.clusterexec, &bus, "clusterexec service ready").await?;
+            let watcher = [&bus[..], &["--interval", WATCHER_INTERVAL]].concat();
+            stack.start_service(&bins.watcher, &watcher, "watcher service ready").await?;
         }
 
         let users = stack.dir.path().join("users.json");
@@ -380,6 +361,17 @@ impl Stack {
             etcd_namespace: None,
             dir,
         })
+    }
+
+    /// Starts a service binary with `args`, its log in the stack's directory,
+    /// and waits until it logs `ready`.
+    async fn start_service(&mut self, binary: &Path, args: &[&str], ready: &str) -> anyhow::Result<()> {
+        let name = binary.file_name().and_then(|n| n.to_str()).context("a binary's file name")?.to_string();
+        let mut command = Command::new(binary);
+        command.args(args);
+        let log = self.dir.path().join(format!("{name}.log"));
+        self.processes.push(Process::spawn(&name, command, log)?);
+        self.wait_for_log(ready).await
     }
 
     /// Waits until the last started process has written `needle` to its log.

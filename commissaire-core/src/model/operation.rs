@@ -35,7 +35,7 @@ fn check_common(name: &str, status: &str, control: &str, phase: &str, errors: &m
 }
 
 /// An OSTree deploy of `version` over a cluster.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterDeploy {
     pub name: String,
     #[serde(default)]
@@ -97,7 +97,7 @@ impl Model for ClusterDeploy {
 }
 
 /// A rolling restart of a cluster.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterRestart {
     pub name: String,
     #[serde(default)]
@@ -153,7 +153,7 @@ impl Model for ClusterRestart {
 }
 
 /// A rolling package (or OSTree) upgrade of a cluster.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterUpgrade {
     pub name: String,
     #[serde(default)]

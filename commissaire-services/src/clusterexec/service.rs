@@ -164,45 +164,12 @@ macro_rules! op_record {
     };
 }
 
-op_record!(ClusterRestart, restarted, |name, _version| ClusterRestart {
-    name: name.to_string(),
-    status: String::new(),
-    restarted: Vec::new(),
-    in_process: Vec::new(),
-    started_at: String::new(),
-    finished_at: None,
-    reason: String::new(),
-    failed_hosts: Vec::new(),
-    knobs: Map::new(),
-    control: String::new(),
-    phase: String::new(),
-});
-op_record!(ClusterUpgrade, upgraded, |name, _version| ClusterUpgrade {
-    name: name.to_string(),
-    status: String::new(),
-    upgraded: Vec::new(),
-    in_process: Vec::new(),
-    started_at: String::new(),
-    finished_at: None,
-    reason: String::new(),
-    failed_hosts: Vec::new(),
-    knobs: Map::new(),
-    control: String::new(),
-    phase: String::new(),
-});
+op_record!(ClusterRestart, restarted, |name, _version| ClusterRestart { name: name.to_string(), ..Default::default() });
+op_record!(ClusterUpgrade, upgraded, |name, _version| ClusterUpgrade { name: name.to_string(), ..Default::default() });
 op_record!(ClusterDeploy, deployed, |name, version| ClusterDeploy {
     name: name.to_string(),
-    status: String::new(),
     version: version.to_string(),
-    deployed: Vec::new(),
-    in_process: Vec::new(),
-    started_at: String::new(),
-    finished_at: None,
-    reason: String::new(),
-    failed_hosts: Vec::new(),
-    knobs: Map::new(),
-    control: String::new(),
-    phase: String::new(),
+    ..Default::default()
 });
 
 /// Copies the planner's state into a record's host lists and status.
