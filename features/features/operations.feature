@@ -179,3 +179,17 @@ Feature: Cluster operations
       """
     Then exactly 1 of the responses has status 201 and the others 409
     And within 300 seconds GET /api/v0/cluster/$cluster/restart has "finished" at "/status"
+
+  @hosts
+  Scenario: A rolling restart of five hosts by twos, as the hosts saw it
+    Given I have created /api/v0/cluster/$cluster
+    And test hosts $h1 to $h5 in cluster $cluster
+    When I PUT /api/v0/cluster/$cluster/restart with:
+      """
+      {"batch": 2}
+      """
+    Then the response status is 201
+    And within 300 seconds GET /api/v0/cluster/$cluster/restart has "finished" at "/status"
+    And the response field "/restarted" is ["$h1", "$h2", "$h3", "$h4", "$h5"]
+    And the response field "/failed_hosts" is []
+    And the test hosts $h1 to $h5 each rebooted once, never more than 2 down at a time

@@ -108,6 +108,32 @@ impl TestHosts {
         }
     }
 
+    /// The host's reboots since its last reset, as `(down_ms, up_ms)` pairs
+    /// from its `events` file (written by the test bed, not by the product).
+    pub fn reboots(&self, address: &str) -> anyhow::Result<Vec<(u64, u64)>> {
+        let dir = std::env::var("COMMISSAIRE_TESTBED_DIR").unwrap_or_else(|_| "/tmp/commissaire-testbed".into());
+        let path = PathBuf::from(dir).join("ssh").join(format!("h{address}")).join("events");
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let mut pairs = Vec::new();
+        let mut down = None;
+        for line in text.lines() {
+            match line.split_once(' ') {
+                Some(("down", ms)) => down = Some(ms.trim().parse::<u64>().context("a down time")?),
+                Some(("up", ms)) => {
+                    let up = ms.trim().parse::<u64>().context("an up time")?;
+                    if let Some(d) = down.take() {
+                        pairs.push((d, up));
+                    }
+                }
+                _ => {}
+            }
+        }
+        if down.is_some() {
+            bail!("{address} went down and did not come back: {text}");
+        }
+        Ok(pairs)
+    }
+
     /// Runs `scripts/testbed ARGS…` and returns its standard output.
     pub fn testbed(&self, args: &[&str]) -> anyhow::Result<String> {
         let output = Command::new("bash")

@@ -560,6 +560,44 @@ async fn host_up(w: &mut ApiWorld, name: String) {
     w.stopped.retain(|a| a != &address);
 }
 
+#[given(regex = r"^test hosts (\$[a-z_]+)1 to \$[a-z_]+?(\d+) in cluster (\$\w+)$")]
+async fn test_hosts_in_cluster(w: &mut ApiWorld, prefix: String, count: usize, cluster: String) {
+    for i in 1..=count {
+        a_test_host(w, format!("{prefix}{i}")).await;
+    }
+    for i in 1..=count {
+        let host = format!("{prefix}{i}");
+        let body = w.expand(&format!(r#"{{"ssh_priv_key": "$TEST_KEY", "cluster": "{cluster}"}}"#));
+        let request = w.request("PUT", &format!("/api/v0/host/{host}")).json(body);
+        w.must(request, 201).await;
+    }
+    for i in 1..=count {
+        eventually_status(w, 60, format!("{prefix}{i}"), "disassociated".into()).await;
+    }
+}
+
+#[then(
+    regex = r"^the test hosts (\$[a-z_]+)1 to \$[a-z_]+?(\d+) each rebooted once, never more than (\d+) down at a time$"
+)]
+async fn rebooted_once(w: &mut ApiWorld, prefix: String, count: usize, most: i32) {
+    let mut edges = Vec::new();
+    for i in 1..=count {
+        let address = w.bound(&format!("{prefix}{i}"));
+        let pairs = w.test_hosts().reboots(&address).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(pairs.len(), 1, "{address} rebooted {} times: {pairs:?}", pairs.len());
+        edges.push((pairs[0].0, 1));
+        edges.push((pairs[0].1, -1));
+    }
+    // an `up` at the same millisecond as a `down` counts first
+    edges.sort();
+    let (mut down, mut seen) = (0, 0);
+    for (_, step) in edges {
+        down += step;
+        seen = seen.max(down);
+    }
+    assert!(seen <= most, "{seen} hosts were down at the same time (at most {most} allowed)");
+}
+
 // ---------------------------------------------------------------------------
 // The event stream
 
