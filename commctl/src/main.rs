@@ -1,0 +1,68 @@
+//! `commctl`: see `commctl --help` and docs/commctl.md.
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser};
+use commctl::{
+    cli::{Cli, Command},
+    commands::{self, Ctx},
+    error::Error,
+};
+
+fn generated(command: &Command) -> Option<Result<(), Error>> {
+    match command {
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "commctl", &mut std::io::stdout());
+            Some(Ok(()))
+        }
+        Command::Man { dir } => Some(match dir {
+            Some(dir) => std::fs::create_dir_all(dir)
+                .and_then(|()| clap_mangen::generate_to(Cli::command(), dir))
+                .map_err(|e| Error::Local(format!("cannot write the man pages into {}: {e}", dir.display()))),
+            None => clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .map_err(|e| Error::Local(format!("cannot write the man page: {e}"))),
+        }),
+        _ => None,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(result) = generated(&cli.command) {
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("commctl: error: {err}");
+                ExitCode::from(err.exit_code())
+            }
+        };
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("commctl: error: cannot start: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let ctx = Ctx::new(cli.output, cli.config.clone());
+    match runtime.block_on(commands::run(&ctx, cli.command)) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            match &err {
+                Error::Unreachable { tried, last } => {
+                    eprintln!("commctl: error: no server could be reached ({last}). Tried:");
+                    for url in tried {
+                        eprintln!("- {url}");
+                    }
+                }
+                Error::Usage(message) => {
+                    eprintln!("commctl: error: {message}");
+                    eprintln!("For more information, try '--help'.");
+                }
+                other => eprintln!("commctl: error: {other}"),
+            }
+            ExitCode::from(err.exit_code())
+        }
+    }
+}
