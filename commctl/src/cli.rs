@@ -157,7 +157,9 @@ pub enum DeployCmd {
     /// Starts deploying VERSION.
     Start {
         name: String,
-        version: String,
+        /// The OSTree version to deploy.
+        #[arg(value_name = "VERSION")]
+        deploy_version: String,
         #[command(flatten)]
         knobs: Knobs,
         /// Then follow it live until it ends.
@@ -229,9 +231,13 @@ pub enum HostCmd {
     /// remote command after `--`. The exit status is ssh's.
     Ssh {
         host: String,
-        /// Arguments for ssh (e.g. -v -p 2222); `-- COMMAND…` runs a command.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        /// Arguments for ssh, before the destination (e.g. -v -p 2222); then
+        /// `-- COMMAND…` to run a command instead of a shell.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "SSH_ARGS")]
         ssh_args: Vec<String>,
+        /// The command after `--` (see [`split_ssh_command`]).
+        #[arg(skip)]
+        command: Vec<String>,
     },
     /// Adds a host to a cluster.
     Join { address: String, cluster: String },
@@ -344,4 +350,73 @@ pub struct UserDataArgs {
     /// Output file (default: standard output); created with mode 0600.
     #[arg(long, short = 'O', visible_alias = "outfile", value_hint = clap::ValueHint::FilePath)]
     pub out: Option<PathBuf>,
+}
+
+/// Splits `commctl … host … ssh HOST [SSH_ARGS…] -- COMMAND…` at its `--`:
+/// the arguments for clap, and the remote command. (clap would take the `--`
+/// as its own end of options and mix the command into the ssh arguments.)
+pub fn split_ssh_command(args: Vec<std::ffi::OsString>) -> (Vec<std::ffi::OsString>, Vec<String>) {
+    let host = args.iter().position(|a| a == "host");
+    let ssh = host.and_then(|h| args.iter().skip(h + 1).position(|a| a == "ssh").map(|p| p + h + 1));
+    let separator = ssh.and_then(|s| args.iter().skip(s + 2).position(|a| a == "--").map(|p| p + s + 2));
+    match separator {
+        Some(i) => {
+            let command = args[i + 1..].iter().map(|a| a.to_string_lossy().into_owned()).collect();
+            (args[..i].to_vec(), command)
+        }
+        None => (args, Vec::new()),
+    }
+}
+
+/// Parses the command line (with [`split_ssh_command`]).
+pub fn parse_from(args: Vec<std::ffi::OsString>) -> Result<Cli, clap::Error> {
+    let (args, remote) = split_ssh_command(args);
+    let mut cli = Cli::try_parse_from(args)?;
+    if let Command::Host(HostCmd::Ssh { command, .. }) = &mut cli.command {
+        *command = remote;
+    }
+    Ok(cli)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    #[test]
+    fn the_definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn host_ssh_takes_ssh_options_and_a_command_after_the_separator() {
+        let parse = |args: &[&str]| parse_from(args.iter().map(Into::into).collect()).expect("parses");
+        let cli =
+            parse(&["commctl", "host", "ssh", "h1", "-v", "-p", "2222", "-o", "LogLevel=ERROR", "--", "ls", "--", "x"]);
+        match cli.command {
+            Command::Host(HostCmd::Ssh { host, ssh_args, command }) => {
+                assert_eq!(host, "h1");
+                assert_eq!(ssh_args, ["-v", "-p", "2222", "-o", "LogLevel=ERROR"]);
+                assert_eq!(command, ["ls", "--", "x"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(cli.output, Format::Table);
+        match parse(&["commctl", "host", "ssh", "h1", "--", "hostname"]).command {
+            Command::Host(HostCmd::Ssh { ssh_args, command, .. }) => {
+                assert!(ssh_args.is_empty());
+                assert_eq!(command, ["hostname"]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn usage_errors_are_clap_errors() {
+        let err = Cli::try_parse_from(["commctl", "cluster", "frobnicate"]).expect_err("unknown");
+        assert_eq!(err.exit_code(), 2);
+        let err = Cli::try_parse_from(["commctl", "passhash", "-r", "99"]).expect_err("range");
+        assert_eq!(err.exit_code(), 2);
+    }
 }

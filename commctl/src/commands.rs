@@ -282,7 +282,7 @@ async fn cluster(ctx: &Ctx, cmd: ClusterCmd) -> Result<()> {
         ClusterCmd::Upgrade(op) => operation(ctx, OpKind::Upgrade, op).await?,
         ClusterCmd::Deploy(cmd) => {
             let op = match cmd {
-                DeployCmd::Start { name, version, knobs, watch } => {
+                DeployCmd::Start { name, deploy_version: version, knobs, watch } => {
                     if version.trim().is_empty() {
                         return Err(Error::usage("the version to deploy is empty"));
                     }
@@ -415,9 +415,9 @@ async fn host(ctx: &Ctx, cmd: HostCmd) -> Result<u8> {
             }
             ctx.emit(&value, None);
         }
-        HostCmd::Ssh { host, ssh_args } => {
+        HostCmd::Ssh { host, ssh_args, command } => {
             check_address(&host)?;
-            return crate::ssh::host_ssh(ctx.client().await?, &host, &ssh_args).await;
+            return crate::ssh::host_ssh(ctx.client().await?, &host, &ssh_args, &command).await;
         }
         HostCmd::Join { address, cluster } => {
             check_address(&address)?;

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser};
+use clap::CommandFactory;
 use commctl::{
     cli::{Cli, Command},
     commands::{self, Ctx},
@@ -28,7 +28,10 @@ fn generated(command: &Command) -> Option<Result<(), Error>> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match commctl::cli::parse_from(std::env::args_os().collect()) {
+        Ok(cli) => cli,
+        Err(err) => err.exit(),
+    };
     if let Some(result) = generated(&cli.command) {
         return match result {
             Ok(()) => ExitCode::SUCCESS,

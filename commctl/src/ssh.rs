@@ -20,7 +20,14 @@ use crate::{
 };
 
 /// The ssh command line: `ssh -i KEY -l USER [host key options] ARGS… HOST [-- COMMAND…]`.
-pub fn ssh_arguments(key: &Path, known_hosts: Option<&Path>, user: &str, host: &str, args: &[String]) -> Vec<String> {
+pub fn ssh_arguments(
+    key: &Path,
+    known_hosts: Option<&Path>,
+    user: &str,
+    host: &str,
+    args: &[String],
+    command: &[String],
+) -> Vec<String> {
     let mut argv = vec!["-i".to_string(), key.display().to_string(), "-l".into(), user.into()];
     argv.extend(["-o".into(), "IdentitiesOnly=yes".into()]);
     if let Some(known_hosts) = known_hosts {
@@ -33,18 +40,14 @@ pub fn ssh_arguments(key: &Path, known_hosts: Option<&Path>, user: &str, host: &
             format!("HostKeyAlias={host}"),
         ]);
     }
-    let (before, after) = match args.iter().position(|a| a == "--") {
-        Some(i) => (&args[..i], &args[i + 1..]),
-        None => (args, &[][..]),
-    };
-    argv.extend(before.iter().cloned());
+    argv.extend(args.iter().cloned());
     argv.push(host.to_string());
-    argv.extend(after.iter().cloned());
+    argv.extend(command.iter().cloned());
     argv
 }
 
 /// Runs ssh; returns its exit status.
-pub async fn host_ssh(client: &Client, host: &str, args: &[String]) -> Result<u8> {
+pub async fn host_ssh(client: &Client, host: &str, args: &[String], command: &[String]) -> Result<u8> {
     let creds = client.get(&format!("/api/v0/host/{host}/creds")).await?;
     let encoded = creds.get("ssh_priv_key").and_then(Value::as_str).unwrap_or_default();
     let user = creds.get("remote_user").and_then(Value::as_str).filter(|u| !u.is_empty()).unwrap_or("root");
@@ -64,9 +67,13 @@ pub async fn host_ssh(client: &Client, host: &str, args: &[String]) -> Result<u8
         Err(_) => None,
     };
 
+    use std::os::unix::fs::PermissionsExt;
+    let private = std::fs::Permissions::from_mode(0o700);
     let dir = tempfile::Builder::new()
         .prefix("commctl-ssh-")
+        .permissions(private.clone())
         .tempdir()
+        .and_then(|dir| std::fs::set_permissions(dir.path(), private).map(|()| dir))
         .map_err(|e| Error::Local(format!("cannot make a private directory for the key: {e}")))?;
     let key_path = dir.path().join("key");
     let write = |path: &Path, bytes: &[u8]| -> Result<()> {
@@ -89,7 +96,7 @@ pub async fn host_ssh(client: &Client, host: &str, args: &[String]) -> Result<u8
         }
         None => None,
     };
-    let argv = ssh_arguments(&key_path, known_hosts.as_deref(), user, host, args);
+    let argv = ssh_arguments(&key_path, known_hosts.as_deref(), user, host, args, command);
     let status = run_ssh(&argv).await;
     // The directory (key and known_hosts) goes now, whatever happened.
     let removed = dir.close();
@@ -139,14 +146,15 @@ mod tests {
 
     #[test]
     fn arguments_before_the_host_and_a_command_after() {
-        let args: Vec<String> = ["-v", "-p", "2222", "--", "uname", "-a"].map(String::from).to_vec();
-        let argv = ssh_arguments(Path::new("/t/key"), Some(Path::new("/t/kh")), "root", "10.0.0.1", &args);
+        let args: Vec<String> = ["-v", "-p", "2222"].map(String::from).to_vec();
+        let command: Vec<String> = ["uname", "-a"].map(String::from).to_vec();
+        let argv = ssh_arguments(Path::new("/t/key"), Some(Path::new("/t/kh")), "root", "10.0.0.1", &args, &command);
         assert_eq!(
             argv.join(" "),
             "-i /t/key -l root -o IdentitiesOnly=yes -o UserKnownHostsFile=/t/kh -o StrictHostKeyChecking=yes \
              -o HostKeyAlias=10.0.0.1 -v -p 2222 10.0.0.1 uname -a"
         );
-        let argv = ssh_arguments(Path::new("/t/key"), None, "core", "h", &[]);
+        let argv = ssh_arguments(Path::new("/t/key"), None, "core", "h", &[], &[]);
         assert_eq!(argv.join(" "), "-i /t/key -l core -o IdentitiesOnly=yes h");
     }
 }

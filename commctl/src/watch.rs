@@ -177,7 +177,9 @@ pub async fn watch(ctx: &Ctx, kind: OpKind, cluster: &str) -> Result<()> {
             },
             _ = tick.tick() => {
                 if stream.is_none() {
-                    progress.record = client.get(&format!("/api/v0/cluster/{cluster}/{}", kind.name())).await?;
+                    let (record, _, statuses) = read_state(client, kind, cluster).await?;
+                    progress.record = record;
+                    progress.host_status.extend(statuses);
                     display.show(&progress, false);
                 } else if display.tty {
                     display.show(&progress, false);

@@ -25,6 +25,8 @@ use cucumber::{World as _, gherkin::Step, given, then, when, writer};
 use hyper::Method;
 use serde_json::Value;
 
+mod commctl_steps;
+
 /// The stack the scenarios of the current run talk to.
 #[derive(Debug)]
 struct Target {
@@ -68,6 +70,8 @@ struct ApiWorld {
     leases: Vec<HostLease>,
     /// Test hosts this scenario stopped and has not started again.
     stopped: Vec<String>,
+    /// commctl runs (`commctl_steps`).
+    commctl: commctl_steps::State,
 }
 
 impl Drop for ApiWorld {
@@ -94,7 +98,17 @@ impl ApiWorld {
             bindings.insert("TEST_KEY".to_string(), hosts.key.clone());
             bindings.insert("OTHER_KEY".to_string(), hosts.other_key.clone());
         }
-        Self { target, id, auth, response: None, batch: Vec::new(), bindings, leases: Vec::new(), stopped: Vec::new() }
+        Self {
+            target,
+            id,
+            auth,
+            response: None,
+            batch: Vec::new(),
+            bindings,
+            leases: Vec::new(),
+            stopped: Vec::new(),
+            commctl: Default::default(),
+        }
     }
 
     /// Replaces every `$word` by its binding, else by `word-<scenario id>`.

@@ -1,0 +1,381 @@
+//! commctl against a real `commissaire-server --all-in-one` (built with
+//! `cargo build --workspace --bins`):
+//!
+//! * `passhash`: the hash it prints, put in the server's users file, logs in;
+//! * `user-data`: the first-boot script, run on a test host the way cloud-init
+//!   runs a `text/x-shellscript` part (written under
+//!   `/var/lib/cloud/instance/scripts/` and executed as root), registers the
+//!   host, which the server then investigates and bootstraps to `active` in
+//!   its cluster;
+//! * `host ssh`: an interactive session in tmux (log in, run a command, exit),
+//!   a command run through it, and a SIGTERM during a session; the private key
+//!   is on disk (0600) only while ssh runs.
+//!
+//! The user-data test needs the test bed's hosts (`scripts/testbed up --hosts N`
+//! and `eval "$(scripts/testbed env)"`); it uses the last non-OSTree host, or
+//! `COMMCTL_TEST_HOST`.
+
+use std::{
+    net::{Ipv4Addr, TcpListener},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+
+const DEADLINE: Duration = Duration::from_secs(120);
+
+fn commctl() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_commctl"))
+}
+
+fn server_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    exe.ancestors()
+        .skip(1)
+        .take(2)
+        .map(|d| d.join("commissaire-server"))
+        .find(|p| p.is_file())
+        .expect("commissaire-server not found next to the tests: run `cargo build --workspace --bins` first")
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}\n--- stdout\n{}\n--- stderr\n{}", self.code, self.stdout, self.stderr)
+    }
+}
+
+fn run(config: &Path, args: &[&str]) -> Run {
+    run_with(config, args, &[])
+}
+
+fn run_with(config: &Path, args: &[&str], env: &[(&str, &Path)]) -> Run {
+    let mut command = Command::new(commctl());
+    command.arg("--config").arg(config).args(args).stdin(Stdio::null());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let output = command.output().expect("run commctl");
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+fn write_config(path: &Path, port: u16, user: &str, password: &str) {
+    let config = json!({"endpoint": format!("http://127.0.0.1:{port}"), "username": user, "password": password});
+    std::fs::write(path, config.to_string()).expect("write config");
+}
+
+/// A server process, killed on drop.
+struct Server {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn start(dir: &Path, host_services: bool) -> Self {
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).and_then(|l| l.local_addr()).expect("port").port();
+        let log = dir.join("server.log");
+        let out = std::fs::File::create(&log).expect("log");
+        let mut command = Command::new(server_binary());
+        command
+            .args(["--all-in-one", "--data-dir"])
+            .arg(dir.join("data"))
+            .args(["--listen-interface", "127.0.0.1", "--listen-port", &port.to_string()])
+            .arg("--authentication-plugin")
+            .arg(format!("httpbasicauth:filepath={}", dir.join("users.json").display()))
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out);
+        if !host_services {
+            command.arg("--no-host-services");
+        }
+        let child = command.spawn().expect("start commissaire-server");
+        Self { child, port, log }
+    }
+
+    /// Waits until `commctl network get default` answers with this configuration.
+    fn wait_ready(&mut self, config: &Path) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the server exited ({status}): {}", std::fs::read_to_string(&self.log).unwrap_or_default());
+            }
+            let run = run(config, &["network", "get", "default"]);
+            if run.code == 0 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the server was not ready: {run:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// `commctl passhash` → users file.
+fn users_file(dir: &Path, user: &str, password: &str) {
+    let hash =
+        Command::new(commctl()).args(["passhash", "--rounds", "4", "--password", password]).output().expect("passhash");
+    assert!(hash.status.success(), "{}", String::from_utf8_lossy(&hash.stderr));
+    let hash = String::from_utf8(hash.stdout).expect("utf-8").trim().to_string();
+    assert!(hash.starts_with("$2b$04$"), "{hash}");
+    let users = json!({user: {"hash": hash, "role": "read-write"}});
+    std::fs::write(dir.join("users.json"), users.to_string()).expect("users file");
+}
+
+#[test]
+fn a_passhash_hash_logs_in() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let password = "correct horse \"battery\" staple";
+    users_file(dir.path(), "operator", password);
+    let mut server = Server::start(dir.path(), false);
+    let config = dir.path().join("commissaire.json");
+    write_config(&config, server.port, "operator", password);
+    server.wait_ready(&config);
+
+    let ok = run(&config, &["cluster", "create", "from-hash"]);
+    assert_eq!(ok.code, 0, "{ok:?}");
+    let listed = run(&config, &["cluster", "list"]);
+    assert_eq!(listed.stdout.trim(), "from-hash", "{listed:?}");
+
+    // The same password from a file (one line end is not part of it).
+    let file = dir.path().join("password.txt");
+    std::fs::write(&file, format!("{password}\n")).expect("write");
+    let from_file = Command::new(commctl()).args(["passhash", "-r", "4", "-f"]).arg(&file).output().expect("passhash");
+    let hash = String::from_utf8(from_file.stdout).expect("utf-8");
+    assert!(bcrypt::verify(password, hash.trim()).expect("verify"), "{hash}");
+
+    write_config(&config, server.port, "operator", "wrong");
+    let refused = run(&config, &["cluster", "list"]);
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(refused.stderr.contains("HTTP 401"), "{refused:?}");
+}
+
+fn testbed() -> String {
+    std::env::var("COMMISSAIRE_TESTBED").unwrap_or_else(|_| {
+        panic!("COMMISSAIRE_TESTBED is not set: start the test bed with hosts and export its variables: `bash scripts/testbed up --hosts 3 && eval \"$(bash scripts/testbed env)\"`")
+    })
+}
+
+fn testbed_cmd(args: &[&str]) -> std::process::Output {
+    let output = Command::new("bash").arg(testbed()).args(args).stdin(Stdio::null()).output().expect("run testbed");
+    assert!(output.status.success(), "testbed {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    output
+}
+
+/// The last non-OSTree test host (the features suite leases from the first).
+fn test_host() -> String {
+    if let Ok(host) = std::env::var("COMMCTL_TEST_HOST") {
+        return host;
+    }
+    let ostree = std::env::var("COMMISSAIRE_TEST_OSTREE_HOSTS").unwrap_or_default();
+    let hosts = std::env::var("COMMISSAIRE_TEST_HOSTS")
+        .expect("COMMISSAIRE_TEST_HOSTS is not set: start the test bed with --hosts");
+    hosts
+        .split_whitespace()
+        .filter(|h| !ostree.split_whitespace().any(|o| o == *h))
+        .last()
+        .expect("no non-OSTree test host")
+        .to_string()
+}
+
+/// The parts of a MIME document as Python's email package (which cloud-init
+/// uses) reads them: `[(content type, filename, decoded text)]`, in order.
+fn mime_parts(document: &Path) -> Vec<(String, String, String)> {
+    let script = r#"
+import email, json, sys
+msg = email.message_from_binary_file(open(sys.argv[1], 'rb'))
+assert msg.is_multipart(), 'not multipart'
+parts = [(p.get_content_type(), p.get_filename(), p.get_payload(decode=True).decode())
+         for p in msg.walk() if not p.is_multipart()]
+print(json.dumps(parts))
+"#;
+    let output = Command::new("python3").arg("-c").arg(script).arg(document).output().expect("python3");
+    assert!(output.status.success(), "python3: {}", String::from_utf8_lossy(&output.stderr));
+    let parts: Vec<(String, String, String)> = serde_json::from_slice(&output.stdout).expect("JSON");
+    parts
+}
+
+fn host_json(config: &Path, address: &str) -> Option<Value> {
+    let run = run(config, &["host", "get", address, "-o", "json"]);
+    if run.code != 0 {
+        return None;
+    }
+    serde_json::from_str(&run.stdout).ok()
+}
+
+fn tmux(args: &[&str]) -> std::process::Output {
+    Command::new("tmux").args(args).output().expect("tmux")
+}
+
+fn pane(session: &str) -> String {
+    String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", session, "-S", "-200"]).stdout).into_owned()
+}
+
+fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}: not within {DEADLINE:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The private directories commctl made under `tmp` (key files live there).
+fn key_dirs(tmp: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(tmp).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default()
+}
+
+#[test]
+fn user_data_registers_a_test_host_then_host_ssh_logs_in() {
+    let address = test_host();
+    testbed_cmd(&["host-reset", &address]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let password = "first-boot-password";
+    users_file(dir.path(), "registrar", password);
+    let mut server = Server::start(dir.path(), true);
+    let config = dir.path().join("commissaire.json");
+    write_config(&config, server.port, "registrar", password);
+    server.wait_ready(&config);
+    for args in
+        [&["container_manager", "create", "-t", "trivial", "local"][..], &["cluster", "create", "-c", "local", "fleet"]]
+    {
+        let r = run(&config, args);
+        assert_eq!(r.code, 0, "{args:?}: {r:?}");
+    }
+
+    // The user-data, as an operator makes it.
+    let password_file = dir.path().join("password");
+    std::fs::write(&password_file, format!("{password}\n")).expect("write");
+    let operator_key = dir.path().join("operator");
+    let keygen = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "operator@desk", "-f"])
+        .arg(&operator_key)
+        .status();
+    assert!(keygen.expect("ssh-keygen").success());
+    let user_data = dir.path().join("fleet.userdata");
+    let endpoint = format!("http://127.0.0.1:{}", server.port);
+    let made = Command::new(commctl())
+        .args(["user-data", "-e", &endpoint, "-c", "fleet", "-u", "registrar", "--password-file"])
+        .arg(&password_file)
+        .arg("-k")
+        .arg(operator_key.with_extension("pub"))
+        .args(["--source-address", &address, "-O"])
+        .arg(&user_data)
+        .output()
+        .expect("user-data");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&user_data).expect("file").permissions().mode() & 0o777, 0o600);
+
+    // Read as cloud-init reads it: cloud-config first, then the shell script.
+    let parts = mime_parts(&user_data);
+    let types: Vec<&str> = parts.iter().map(|(t, _, _)| t.as_str()).collect();
+    assert_eq!(types, ["text/cloud-config", "text/x-shellscript"]);
+    let operator_public = std::fs::read_to_string(operator_key.with_extension("pub")).expect("pub");
+    assert!(parts[0].2.contains(operator_public.trim()), "{}", parts[0].2);
+    let (_, filename, script) = &parts[1];
+
+    // cloud-init's scripts_user: the part written under the instance's scripts directory, run once as root.
+    let target = format!("/var/lib/cloud/instance/scripts/{filename}");
+    let mut install = Command::new("bash")
+        .arg(testbed())
+        .args([
+            "host-exec",
+            &address,
+            "--",
+            "sh",
+            "-c",
+            &format!("mkdir -p /var/lib/cloud/instance/scripts && cat > {target} && chmod 0700 {target}"),
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("host-exec");
+    std::io::Write::write_all(install.stdin.as_mut().expect("stdin"), script.as_bytes()).expect("write script");
+    drop(install.stdin.take());
+    assert!(install.wait().expect("host-exec").success());
+    let first_boot = testbed_cmd(&["host-exec", &address, "--", &target]);
+    let said = String::from_utf8_lossy(&first_boot.stderr);
+    assert!(said.contains("registered with"), "{said}");
+
+    // The host appears and is bootstrapped into the cluster.
+    let mut last = None;
+    wait_for(&format!("{address} active"), || {
+        last = host_json(&config, &address);
+        last.as_ref().and_then(|h| h.get("status")).and_then(Value::as_str) == Some("active")
+    });
+    let host = last.expect("host");
+    assert!(host["ssh_host_key"].as_str().is_some_and(|k| k.starts_with("ssh-")), "{host}");
+    let cluster = run(&config, &["cluster", "get", "fleet", "-o", "json"]);
+    let cluster: Value = serde_json::from_str(&cluster.stdout).expect("JSON");
+    assert_eq!(cluster["hostset"], json!([address]));
+    let creds = run(&config, &["host", "creds", &address, "-o", "json"]);
+    assert!(creds.stdout.contains("--show-key prints it"), "the key is not shown without --show-key: {creds:?}");
+    // The operator's public key went to cloud-config, the machine's own key is authorized on it.
+    let authorized = testbed_cmd(&["host-exec", &address, "--", "cat", "/root/.ssh/authorized_keys"]);
+    assert!(String::from_utf8_lossy(&authorized.stdout).contains("commissaire@"));
+
+    // host ssh, non-interactive: a command after `--`; the key only while ssh runs.
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).expect("tmp");
+    let ran = run_with(
+        &config,
+        &["host", "ssh", &address, "--", "cat", "/proc/sys/kernel/random/boot_id"],
+        &[("TMPDIR", &tmp)],
+    );
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert_eq!(ran.stdout.trim().len(), 36, "{ran:?}");
+    assert!(key_dirs(&tmp).is_empty(), "left behind: {:?}", key_dirs(&tmp));
+    let failed = run_with(&config, &["host", "ssh", &address, "--", "exit", "7"], &[("TMPDIR", &tmp)]);
+    assert_eq!(failed.code, 7, "ssh's exit status: {failed:?}");
+    assert!(key_dirs(&tmp).is_empty());
+
+    // SIGTERM during a session: passed to ssh, the key removed.
+    let mut session = Command::new(commctl())
+        .arg("--config")
+        .arg(&config)
+        .args(["host", "ssh", &address, "--", "sleep", "60"])
+        .env("TMPDIR", &tmp)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("commctl host ssh");
+    wait_for("the session's key file", || key_dirs(&tmp).iter().any(|d| d.join("key").is_file()));
+    let key = key_dirs(&tmp)[0].join("key");
+    assert_eq!(std::fs::metadata(&key).expect("key").permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::metadata(key.parent().expect("dir")).expect("dir").permissions().mode() & 0o777, 0o700);
+    let _ = Command::new("kill").args(["-TERM", &session.id().to_string()]).status();
+    let status = session.wait().expect("wait");
+    assert!(!status.success(), "ssh was ended by the signal");
+    assert!(key_dirs(&tmp).is_empty(), "left behind after SIGTERM: {:?}", key_dirs(&tmp));
+
+    // Interactive, in a terminal: log in, run a command, exit.
+    let name = format!("commctl-ssh-{}", std::process::id());
+    let command =
+        format!("TMPDIR={} {} --config {} host ssh {address}", tmp.display(), commctl().display(), config.display());
+    let started = tmux(&["new-session", "-d", "-s", &name, "-x", "160", "-y", "40", &command]);
+    assert!(started.status.success(), "tmux: {}", String::from_utf8_lossy(&started.stderr));
+    wait_for("a shell prompt", || pane(&name).trim_end().ends_with('#'));
+    assert!(key_dirs(&tmp).iter().any(|d| d.join("key").is_file()), "the key exists during the session");
+    tmux(&["send-keys", "-t", &name, "echo logged-in-as-$(id -un)-on-$(cat /etc/machine-id | cut -c1-8)", "Enter"]);
+    let machine_id = testbed_cmd(&["host-exec", &address, "--", "cat", "/etc/machine-id"]);
+    let expected = format!("logged-in-as-root-on-{}", &String::from_utf8_lossy(&machine_id.stdout)[..8]);
+    wait_for(&format!("{expected} in the pane"), || pane(&name).contains(&expected));
+    tmux(&["send-keys", "-t", &name, "exit", "Enter"]);
+    wait_for("the session to end", || !tmux(&["has-session", "-t", &name]).status.success());
+    assert!(key_dirs(&tmp).is_empty(), "left behind after exit: {:?}", key_dirs(&tmp));
+}
