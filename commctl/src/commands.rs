@@ -51,14 +51,14 @@ impl Ctx {
             other => output::render(value, other),
         };
         if !text.is_empty() {
-            println!("{text}");
+            crate::outln!("{text}");
         }
     }
 
     /// A confirmation for people; the value itself for JSON and YAML.
     fn done(&self, message: &str, value: &Value) {
         match self.format {
-            Format::Table => println!("{message}"),
+            Format::Table => crate::outln!("{message}"),
             _ => self.emit(value, None),
         }
     }
@@ -159,7 +159,7 @@ pub fn merge_options(values: &[String]) -> Result<Map<String, Value>> {
     let mut merged = Map::new();
     for value in values {
         let trimmed = value.trim();
-        if trimmed.starts_with('{') {
+        if trimmed.starts_with('{') || trimmed.starts_with('[') {
             match serde_json::from_str::<Value>(trimmed) {
                 Ok(Value::Object(map)) => merged.extend(map),
                 Ok(_) => return Err(Error::usage(format!("option {value:?} is not a JSON object"))),
@@ -229,7 +229,7 @@ async fn delete_each(ctx: &Ctx, what: &str, paths: Vec<(String, String)>) -> Res
         match client.delete(&path).await {
             Ok(_) => {
                 if ctx.format == Format::Table {
-                    println!("Deleted {what} {name}");
+                    crate::outln!("Deleted {what} {name}");
                 }
                 deleted.push(Value::String(name));
             }
@@ -525,7 +525,7 @@ fn passhash(args: &PasshashArgs) -> Result<()> {
         return Err(Error::usage("the password is empty"));
     }
     let hash = bcrypt::hash(&password, args.rounds).map_err(|e| Error::Local(format!("bcrypt: {e}")))?;
-    println!("{hash}");
+    crate::outln!("{hash}");
     Ok(())
 }
 
@@ -591,7 +591,7 @@ fn user_data(args: &UserDataArgs) -> Result<()> {
             file.write_all(document.as_bytes())
                 .map_err(|e| Error::Local(format!("cannot write {}: {e}", path.display())))?;
         }
-        None => print!("{document}"),
+        None => crate::out!("{document}"),
     }
     Ok(())
 }

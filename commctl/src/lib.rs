@@ -4,6 +4,27 @@
 //! parser ([`sse`]) and live operation view ([`progress`], [`watch`]),
 //! cloud-init user-data ([`userdata`]) and `host ssh` ([`ssh`]).
 
+/// `println!` that never panics: output to a closed pipe (`commctl … | head`)
+/// is dropped.
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// `print!` that never panics (see [`outln!`]); flushes.
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout().lock();
+        let _ = write!(stdout, $($arg)*);
+        let _ = stdout.flush();
+    }};
+}
+
 pub mod cli;
 pub mod client;
 pub mod commands;

@@ -12,16 +12,26 @@ use commctl::{
 fn generated(command: &Command) -> Option<Result<(), Error>> {
     match command {
         Command::Completions { shell } => {
-            clap_complete::generate(*shell, &mut Cli::command(), "commctl", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "commctl", &mut script);
+            use std::io::Write;
+            let _ = std::io::stdout().write_all(&script);
             Some(Ok(()))
         }
         Command::Man { dir } => Some(match dir {
             Some(dir) => std::fs::create_dir_all(dir)
                 .and_then(|()| clap_mangen::generate_to(Cli::command(), dir))
                 .map_err(|e| Error::Local(format!("cannot write the man pages into {}: {e}", dir.display()))),
-            None => clap_mangen::Man::new(Cli::command())
-                .render(&mut std::io::stdout())
-                .map_err(|e| Error::Local(format!("cannot write the man page: {e}"))),
+            None => {
+                let mut page = Vec::new();
+                clap_mangen::Man::new(Cli::command())
+                    .render(&mut page)
+                    .map_err(|e| Error::Local(format!("cannot write the man page: {e}")))
+                    .map(|()| {
+                        use std::io::Write;
+                        let _ = std::io::stdout().write_all(&page);
+                    })
+            }
         }),
         _ => None,
     }

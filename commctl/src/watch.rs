@@ -54,9 +54,7 @@ impl Display {
                 out.push_str(line);
                 out.push('\n');
             }
-            print!("{out}");
-            use std::io::Write;
-            let _ = std::io::stdout().flush();
+            crate::out!("{out}");
             self.drawn_lines = lines.len();
         } else {
             // Elapsed time alone is no reason to print again.
@@ -65,7 +63,7 @@ impl Display {
                 return;
             }
             self.last_block = without_time;
-            println!("{}\n", lines.join("\n"));
+            crate::outln!("{}\n", lines.join("\n"));
         }
     }
 }

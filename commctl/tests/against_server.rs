@@ -190,7 +190,7 @@ fn test_host() -> String {
     hosts
         .split_whitespace()
         .filter(|h| !ostree.split_whitespace().any(|o| o == *h))
-        .last()
+        .next_back()
         .expect("no non-OSTree test host")
         .to_string()
 }
