@@ -189,8 +189,7 @@ fn test_host() -> String {
         .expect("COMMISSAIRE_TEST_HOSTS is not set: start the test bed with --hosts");
     hosts
         .split_whitespace()
-        .filter(|h| !ostree.split_whitespace().any(|o| o == *h))
-        .next_back()
+        .rfind(|h| !ostree.split_whitespace().any(|o| o == *h))
         .expect("no non-OSTree test host")
         .to_string()
 }

@@ -25,6 +25,7 @@ use cucumber::{World as _, gherkin::Step, given, then, when, writer};
 use hyper::Method;
 use serde_json::Value;
 
+#[path = "steps/commctl.rs"]
 mod commctl_steps;
 
 /// The stack the scenarios of the current run talk to.
