@@ -378,3 +378,87 @@ fn user_data_registers_a_test_host_then_host_ssh_logs_in() {
     wait_for("the session to end", || !tmux(&["has-session", "-t", &name]).status.success());
     assert!(key_dirs(&tmp).is_empty(), "left behind after exit: {:?}", key_dirs(&tmp));
 }
+
+/// Debian's cloud-init 22.4 itself, on a test host, with the user-data as the
+/// NoCloud seed: its `ssh` module installs the operator's key from the
+/// cloud-config part, its `scripts_user` module runs the registration script,
+/// and the host ends `active` in its cluster. cloud-init is not installed on
+/// the machine: its packages are extracted once into the test bed's state
+/// dir (`tests/cloud-init/prepare.sh`, apt-get download + dpkg -x). Uses the
+/// second-last non-OSTree test host (or `COMMCTL_CLOUD_INIT_HOST`).
+#[test]
+fn cloud_init_itself_runs_the_user_data() {
+    let address = std::env::var("COMMCTL_CLOUD_INIT_HOST").unwrap_or_else(|_| {
+        let ostree = std::env::var("COMMISSAIRE_TEST_OSTREE_HOSTS").unwrap_or_default();
+        let hosts = std::env::var("COMMISSAIRE_TEST_HOSTS").expect("COMMISSAIRE_TEST_HOSTS is not set");
+        let plain: Vec<&str> =
+            hosts.split_whitespace().filter(|h| !ostree.split_whitespace().any(|o| o == *h)).collect();
+        assert!(plain.len() >= 2, "needs two non-OSTree test hosts");
+        plain[plain.len() - 2].to_string()
+    });
+    let state = std::env::var("COMMISSAIRE_TESTBED_DIR").unwrap_or_else(|_| "/tmp/commissaire-testbed".into());
+    let cloud_init = Path::new(&state).join("cloud-init");
+    let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cloud-init");
+    let prepared = Command::new("sh").arg(here.join("prepare.sh")).arg(&cloud_init).status().expect("prepare.sh");
+    assert!(prepared.success(), "extracting cloud-init into {} failed", cloud_init.display());
+    testbed_cmd(&["host-reset", &address]);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    users_file(dir.path(), "registrar", "cloud-init-password");
+    let mut server = Server::start(dir.path(), true);
+    let config = dir.path().join("commissaire.json");
+    write_config(&config, server.port, "registrar", "cloud-init-password");
+    server.wait_ready(&config);
+    for args in [
+        &["container_manager", "create", "-t", "trivial", "local"][..],
+        &["cluster", "create", "-c", "local", "cloudy"],
+    ] {
+        let r = run(&config, args);
+        assert_eq!(r.code, 0, "{args:?}: {r:?}");
+    }
+    let operator_key = dir.path().join("operator");
+    let keygen = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "operator@cloud", "-f"])
+        .arg(&operator_key)
+        .status();
+    assert!(keygen.expect("ssh-keygen").success());
+    let password_file = dir.path().join("password");
+    std::fs::write(&password_file, "cloud-init-password").expect("write");
+    // Under the test bed's dir (in /tmp, which the hosts share), readable by the host's root.
+    let user_data = cloud_init.join(format!("user-data-{}", std::process::id()));
+    let made = Command::new(commctl())
+        .args(["user-data", "-e", &format!("http://127.0.0.1:{}", server.port), "-c", "cloudy", "-u", "registrar"])
+        .arg("--password-file")
+        .arg(&password_file)
+        .arg("-k")
+        .arg(operator_key.with_extension("pub"))
+        .args(["--source-address", &address, "-O"])
+        .arg(&user_data)
+        .output()
+        .expect("user-data");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+
+    let ran = Command::new("bash")
+        .arg(testbed())
+        .args(["host-exec", &address, "--", "sh"])
+        .arg(here.join("run.sh"))
+        .arg(&cloud_init)
+        .arg(&user_data)
+        .output()
+        .expect("host-exec");
+    let _ = std::fs::remove_file(&user_data);
+    let log = format!("{}{}", String::from_utf8_lossy(&ran.stdout), String::from_utf8_lossy(&ran.stderr));
+    assert!(ran.status.success(), "cloud-init failed:\n{log}");
+    assert!(log.contains("config-scripts-user ran successfully"), "{log}");
+    assert!(log.contains("registered with"), "{log}");
+
+    wait_for(&format!("{address} active"), || {
+        host_json(&config, &address).and_then(|h| h.get("status").cloned()) == Some(json!("active"))
+    });
+    let authorized = testbed_cmd(&["host-exec", &address, "--", "cat", "/root/.ssh/authorized_keys"]);
+    let authorized = String::from_utf8_lossy(&authorized.stdout);
+    assert!(authorized.contains("operator@cloud"), "cloud-config's key installed by cloud-init: {authorized}");
+    assert!(authorized.contains("commissaire@"), "the machine's own key authorized by the script: {authorized}");
+    let members = run(&config, &["host", "list", "cloudy"]);
+    assert!(members.stdout.contains(&address), "{members:?}");
+}
