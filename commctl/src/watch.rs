@@ -6,7 +6,8 @@
 //! its hosts updates the display. On a terminal the display is redrawn in
 //! place every second (elapsed time); otherwise a new block is printed each
 //! time something changed. When the stream breaks it is opened again and the
-//! record re-read. A server without the event stream (404) is polled every
+//! record re-read (also after 45 s without even a keep-alive). A server
+//! without the event stream (404) is polled every
 //! second instead. The watch ends when the record's status is no longer
 //! `in_process`.
 
@@ -24,6 +25,10 @@ use crate::{
     progress::{OpKind, Progress},
     sse,
 };
+
+/// The server sends a keep-alive comment every 15 s: after this long without
+/// a byte the stream is taken as broken and opened again.
+pub const STREAM_SILENCE: Duration = Duration::from_secs(45);
 
 /// The events path for one cluster's operation.
 pub fn events_path(kind: OpKind, cluster: &str) -> String {
@@ -134,7 +139,8 @@ pub async fn watch(ctx: &Ctx, kind: OpKind, cluster: &str) -> Result<()> {
     while !progress.is_over() {
         let frame = async {
             match stream.as_mut() {
-                Some(body) => body.frame().await,
+                // Nothing, not even a keep-alive, for STREAM_SILENCE: the connection is gone.
+                Some(body) => tokio::time::timeout(STREAM_SILENCE, body.frame()).await.unwrap_or(None),
                 None => std::future::pending().await,
             }
         };
