@@ -91,6 +91,10 @@ impl Drop for Server {
 
 impl Server {
     fn start(dir: &Path, host_services: bool) -> Self {
+        Self::start_with(dir, host_services, &[])
+    }
+
+    fn start_with(dir: &Path, host_services: bool, extra: &[String]) -> Self {
         let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).and_then(|l| l.local_addr()).expect("port").port();
         let log = dir.join("server.log");
         let out = std::fs::File::create(&log).expect("log");
@@ -107,6 +111,7 @@ impl Server {
         if !host_services {
             command.arg("--no-host-services");
         }
+        command.args(extra);
         let child = command.spawn().expect("start commissaire-server");
         Self { child, port, log }
     }
@@ -461,4 +466,79 @@ fn cloud_init_itself_runs_the_user_data() {
     assert!(authorized.contains("commissaire@"), "the machine's own key authorized by the script: {authorized}");
     let members = run(&config, &["host", "list", "cloudy"]);
     assert!(members.stdout.contains(&address), "{members:?}");
+}
+
+/// HTTPS with `ca_file`, a kubeconfig's token (the server's `bearertokens`
+/// plugin), and the password asked for on the terminal when the
+/// configuration has none.
+#[test]
+fn https_kubeconfig_token_and_password_prompt() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    // A CA, and a certificate for 127.0.0.1 it signed.
+    let (ca, cert, key) = (d.join("ca.pem"), d.join("cert.pem"), d.join("key.pem"));
+    let script = format!(
+        "set -e; cd {dir}
+         openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=test-ca \
+             -keyout ca-key.pem -out ca.pem
+         openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=commissaire -keyout key.pem -out req.pem
+         printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n' > ext.cnf
+         openssl x509 -req -in req.pem -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 2 -extfile ext.cnf -out cert.pem",
+        dir = d.display()
+    );
+    let made = Command::new("sh").arg("-c").arg(script).output().expect("openssl");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let token = "kube-token-for-commctl";
+    let digest = Command::new("sh").arg("-c").arg(format!("printf %s {token} | sha256sum | cut -d' ' -f1")).output();
+    let digest = String::from_utf8(digest.expect("sha256sum").stdout).expect("hex").trim().to_string();
+    std::fs::write(
+        d.join("tokens.json"),
+        json!({"kube-user": {"token_sha256": digest, "role": "read-write"}}).to_string(),
+    )
+    .expect("tokens");
+    users_file(d, "operator", "typed-at-the-prompt");
+    let extra: Vec<String> = vec![
+        "--tls-pemfile".into(),
+        cert.display().to_string(),
+        "--tls-keyfile".into(),
+        key.display().to_string(),
+        "--authentication-plugin".into(),
+        format!("bearertokens:filepath={}", d.join("tokens.json").display()),
+    ];
+    let mut server = Server::start_with(d, false, &extra);
+    let kubeconfig = d.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\ncontexts:\n- name: c\n  context: {cluster: k, user: u}\n\
+         users:\n- name: u\n  user: {token: kube-token-for-commctl}\n",
+    )
+    .expect("kubeconfig");
+    let endpoint = format!("https://127.0.0.1:{}", server.port);
+    let with_token = d.join("token.json");
+    std::fs::write(&with_token, json!({"endpoint": endpoint, "kubeconfig": kubeconfig, "ca_file": ca}).to_string())
+        .expect("config");
+    server.wait_ready(&with_token);
+    let created = run(&with_token, &["cluster", "create", "over-tls"]);
+    assert_eq!(created.code, 0, "{created:?}");
+
+    // Without the CA, the certificate is refused: no server reached, exit 1.
+    let no_ca = d.join("no-ca.json");
+    std::fs::write(&no_ca, json!({"endpoint": endpoint, "kubeconfig": kubeconfig}).to_string()).expect("config");
+    let refused = run(&no_ca, &["cluster", "list"]);
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(refused.stderr.contains("TLS") && refused.stderr.contains("no server could be reached"), "{refused:?}");
+
+    // No password in the file: asked for on the terminal (in tmux), not echoed.
+    let prompting = d.join("prompt.json");
+    std::fs::write(&prompting, json!({"endpoint": endpoint, "username": "operator", "ca_file": ca}).to_string())
+        .expect("config");
+    let name = format!("commctl-prompt-{}", std::process::id());
+    let command = format!("{} --config {} cluster list; sleep 30", commctl().display(), prompting.display());
+    let started = tmux(&["new-session", "-d", "-s", &name, "-x", "120", "-y", "20", &command]);
+    assert!(started.status.success(), "tmux: {}", String::from_utf8_lossy(&started.stderr));
+    wait_for("the password prompt", || pane(&name).contains("Password:"));
+    tmux(&["send-keys", "-t", &name, "typed-at-the-prompt", "Enter"]);
+    wait_for("the cluster list", || pane(&name).contains("over-tls"));
+    assert!(!pane(&name).contains("typed-at-the-prompt"), "the password was echoed: {}", pane(&name));
+    tmux(&["kill-session", "-t", &name]);
 }
