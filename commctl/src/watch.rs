@@ -50,6 +50,10 @@ impl Display {
         }
         let lines = progress.render(time::OffsetDateTime::now_utc());
         if self.tty {
+            // Lines are cut to the terminal's width so that none wraps: the
+            // redraw moves up exactly as many rows as were drawn.
+            let width = terminal_width().unwrap_or(usize::MAX).saturating_sub(1).max(20);
+            let lines: Vec<String> = lines.iter().map(|l| clip(l, width)).collect();
             let mut out = String::new();
             if self.drawn_lines > 0 {
                 // Up to the first line drawn, then clear to the end of the screen.
@@ -71,6 +75,22 @@ impl Display {
             crate::outln!("{}\n", lines.join("\n"));
         }
     }
+}
+
+/// The terminal's width in columns (standard output), if it is one.
+fn terminal_width() -> Option<usize> {
+    let size = rustix::termios::tcgetwinsize(std::io::stdout()).ok()?;
+    (size.ws_col > 0).then_some(usize::from(size.ws_col))
+}
+
+/// At most `width` characters, the last one `…` when cut.
+pub fn clip(line: &str, width: usize) -> String {
+    if line.chars().count() <= width {
+        return line.to_string();
+    }
+    let mut cut: String = line.chars().take(width.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
 }
 
 async fn read_state(
@@ -205,4 +225,16 @@ pub async fn watch(ctx: &Ctx, kind: OpKind, cluster: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clipped_lines_never_wrap() {
+        assert_eq!(clip("short", 20), "short");
+        assert_eq!(clip("reason: a very long reason indeed", 20), "reason: a very long…");
+        assert_eq!(clip("reason: a very long reason indeed", 20).chars().count(), 20);
+    }
 }
