@@ -106,3 +106,28 @@ Feature: commctl
     Then commctl succeeds
     When I run commctl "host list"
     Then commctl does not print "$h1"
+
+  @hosts
+  Scenario: An operation paused and resumed through commctl, then followed to its end
+    Given a test host $h1
+    And a test host $h2
+    When I run commctl "cluster create $cluster"
+    Then commctl succeeds
+    When I run commctl "host create --cluster $cluster $h1 $TEST_KEY_FILE"
+    And I run commctl "host create --cluster $cluster $h2 $TEST_KEY_FILE"
+    Then within 120 seconds commctl "host get $h1 -o json" has "disassociated" at "/status"
+    And within 120 seconds commctl "host get $h2 -o json" has "disassociated" at "/status"
+    When I run commctl "cluster restart start $cluster"
+    Then commctl succeeds
+    When I run commctl "cluster restart pause $cluster -o json"
+    Then commctl succeeds
+    And commctl's JSON output has "pause" at "/control"
+    When I run commctl "cluster restart resume $cluster -o json"
+    Then commctl succeeds
+    And commctl's JSON output has "" at "/control"
+    When I run commctl "cluster restart status $cluster --watch"
+    Then commctl succeeds
+    And commctl prints "restart of cluster $cluster: finished"
+    When I run commctl "cluster restart abort $cluster"
+    Then commctl exits with 1
+    And commctl's errors mention "HTTP 409"
