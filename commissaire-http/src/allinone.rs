@@ -56,11 +56,19 @@ pub struct Options {
     /// The watcher's configuration members (see `watcher::settings`): the
     /// `watcher` object of commissaire.conf.
     pub watcher: serde_json::Map<String, serde_json::Value>,
+    /// The cluster exec service's settings (see `clusterexec::service::settings_from_config`):
+    /// the `clusterexec` object of commissaire.conf.
+    pub clusterexec: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { host_services: true, investigator: serde_json::Map::new(), watcher: serde_json::Map::new() }
+        Options {
+            host_services: true,
+            investigator: serde_json::Map::new(),
+            watcher: serde_json::Map::new(),
+            clusterexec: serde_json::Map::new(),
+        }
     }
 }
 
@@ -86,8 +94,17 @@ pub async fn start(data_dir: &Path, configured_plugins: Vec<PluginSpec>, options
         services
             .push(bus.serve(investigator::QUEUE, investigator::PATTERNS, investigator, ServeOptions::default()).await?);
         let playbooks = clusterexec::playbooks_from_config(&options.investigator)?;
-        let clusterexec_service =
-            Arc::new(ClusterExec::new(bus.clone(), SshTransport::new(SshConfig::default()), playbooks));
+        let settings = clusterexec::settings_from_config(&options.clusterexec)
+            .context("the cluster exec settings (member `clusterexec` of the configuration)")?;
+        let clusterexec_service = Arc::new(ClusterExec::with_settings(
+            bus.clone(),
+            SshTransport::new(SshConfig::default()),
+            playbooks,
+            settings,
+        ));
+        // Operations left in process by an earlier run of this process are
+        // resumed once their lease ran out.
+        std::mem::drop(clusterexec_service.spawn_takeover());
         services.push(
             bus.serve(clusterexec::QUEUE, clusterexec::PATTERNS, clusterexec_service, ServeOptions::default()).await?,
         );

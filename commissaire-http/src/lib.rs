@@ -6,6 +6,7 @@
 pub mod allinone;
 pub mod api;
 pub mod auth;
+pub mod events;
 pub mod router;
 pub mod server;
 pub mod settings;

@@ -30,6 +30,7 @@ async fn main() -> anyhow::Result<()> {
                     host_services: settings.host_services,
                     investigator: settings.investigator.clone(),
                     watcher: settings.watcher.clone(),
+                    clusterexec: settings.clusterexec.clone(),
                 },
             )
             .await?;
@@ -62,12 +63,10 @@ async fn main() -> anyhow::Result<()> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!("Commissaire is listening on {scheme}://{}/api/v0/", listener.local_addr().unwrap_or(settings.listen));
 
-    let state = Arc::new(AppState {
-        api,
-        auth,
-        self_auth: settings.self_auths.iter().cloned().collect(),
-        trusted_proxies: settings.trusted_proxies.clone(),
-    });
+    let mut state = AppState::new(api, auth);
+    state.self_auth = settings.self_auths.iter().cloned().collect();
+    state.trusted_proxies = settings.trusted_proxies.clone();
+    let state = Arc::new(state);
     server::serve(listener, tls, state, runner::shutdown_signal()).await;
     let (services, watcher) = services;
     if let Some(watcher) = watcher {

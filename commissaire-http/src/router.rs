@@ -30,6 +30,8 @@ pub enum Control {
     Pause,
     Resume,
     Abort,
+    /// Start an ended operation again over its failed hosts.
+    RetryFailed,
 }
 
 impl Control {
@@ -38,6 +40,7 @@ impl Control {
             Control::Pause => "pause",
             Control::Resume => "resume",
             Control::Abort => "abort",
+            Control::RetryFailed => "retry-failed",
         }
     }
 }
@@ -78,6 +81,8 @@ pub enum Route {
     ContainerManagers,
     /// `/api/v0/containermanager/{name}`
     ContainerManager { name: String },
+    /// `/api/v0/events`: storage and operation events as server-sent events
+    Events,
 }
 
 impl Route {
@@ -89,7 +94,7 @@ impl Route {
         const PUT: &[Method] = &[Method::PUT];
         const GET_DELETE: &[Method] = &[Method::GET, Method::DELETE];
         match self {
-            Route::Hosts | Route::Clusters | Route::Networks | Route::ContainerManagers => GET,
+            Route::Hosts | Route::Clusters | Route::Networks | Route::ContainerManagers | Route::Events => GET,
             Route::HostSelf | Route::ClusterOperationControl { .. } => PUT,
             Route::HostCreds { .. } | Route::HostStatus { .. } => GET,
             Route::HostKey { .. } => GET_DELETE,
@@ -121,10 +126,12 @@ impl Route {
             Route::ClusterOperationControl { control: Control::Pause, .. } => "cluster_operation_pause",
             Route::ClusterOperationControl { control: Control::Resume, .. } => "cluster_operation_resume",
             Route::ClusterOperationControl { control: Control::Abort, .. } => "cluster_operation_abort",
+            Route::ClusterOperationControl { control: Control::RetryFailed, .. } => "cluster_operation_retry_failed",
             Route::Networks => "networks",
             Route::Network { .. } => "network",
             Route::ContainerManagers => "container_managers",
             Route::ContainerManager { .. } => "container_manager",
+            Route::Events => "events",
         }
     }
 
@@ -168,6 +175,7 @@ pub fn resolve(path: &str) -> Option<Route> {
     let address = |s: &str| is_address(s).then(|| s.to_string());
     match parts.as_slice() {
         ["hosts"] => Some(Route::Hosts),
+        ["events"] => strict(Route::Events),
         ["host"] => Some(Route::HostSelf),
         ["host", a] => Some(Route::Host { address: address(a)? }),
         ["host", a, "creds"] => strict(Route::HostCreds { address: address(a)? }),
@@ -185,6 +193,7 @@ pub fn resolve(path: &str) -> Option<Route> {
                 "pause" => Control::Pause,
                 "resume" => Control::Resume,
                 "abort" => Control::Abort,
+                "retry-failed" => Control::RetryFailed,
                 _ => return None,
             };
             strict(Route::ClusterOperationControl { name: name(n)?, operation: operation(op)?, control })

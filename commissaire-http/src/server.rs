@@ -15,7 +15,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full, Limited, StreamBody, combinators::UnsyncBoxBody};
 use hyper::{
     Method, Request, Response, StatusCode,
     body::Incoming,
@@ -25,6 +25,7 @@ use hyper::{
 use hyper_util::rt::TokioIo;
 use serde_json::{Map, Value};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     api::{Api, ApiError, ApiResult},
@@ -48,25 +49,31 @@ pub struct AppState {
     pub self_auth: HashSet<String>,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpAddr>,
+    /// Cancelled when the server stops: open event streams end then, so the
+    /// graceful shutdown does not wait for them.
+    pub stopping: CancellationToken,
 }
+
+/// A response body: a whole JSON document, or an event stream.
+pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 impl AppState {
     /// State without self-auth paths or trusted proxies (tests, benchmarks and
     /// embedders add them afterwards if they need them).
     pub fn new(api: Api, auth: Authenticator) -> Self {
-        Self { api, auth, self_auth: HashSet::new(), trusted_proxies: Vec::new() }
+        Self { api, auth, self_auth: HashSet::new(), trusted_proxies: Vec::new(), stopping: CancellationToken::new() }
     }
 }
 
-fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
     let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"null".to_vec());
-    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    let mut response = Response::new(Full::new(Bytes::from(bytes)).boxed_unsync());
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 
-fn error_response(err: &ApiError) -> Response<Full<Bytes>> {
+fn error_response(err: &ApiError) -> Response<Body> {
     json_response(err.status, &err.body())
 }
 
@@ -90,7 +97,7 @@ pub async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
     client_cn: Option<String>,
-) -> Response<Full<Bytes>> {
+) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -110,7 +117,7 @@ async fn respond(
     req: Request<Incoming>,
     client: IpAddr,
     client_cn: Option<&str>,
-) -> (Response<Full<Bytes>>, Option<String>, &'static str) {
+) -> (Response<Body>, Option<String>, &'static str) {
     let path = req.uri().path().to_string();
     // Probes for supervisors and load balancers: no credentials, nothing revealed.
     if req.method() == Method::GET && (path == HEALTHZ || path == READYZ) {
@@ -173,6 +180,9 @@ async fn respond(
         };
         return (error_response(&ApiError::new(StatusCode::FORBIDDEN, message)), who, route_name);
     }
+    if route == Route::Events {
+        return (events_response(state, req.uri().query()).await, who, route_name);
+    }
     let body = if method == Method::PUT {
         match read_body(req).await {
             Ok(body) => body,
@@ -187,6 +197,32 @@ async fn respond(
         Err(err) => error_response(&err),
     };
     (response, who, route_name)
+}
+
+/// `GET /api/v0/events`: a server-sent event stream (see [`crate::events`]).
+async fn events_response(state: &AppState, query: Option<&str>) -> Response<Body> {
+    let filter = match crate::events::Filter::parse(query) {
+        Ok(filter) => filter,
+        Err(message) => return error_response(&ApiError::bad_request(message)),
+    };
+    let hub = match state.api.events().await {
+        Ok(hub) => hub,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot subscribe to the bus for an event stream");
+            return error_response(&ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the event stream is unavailable"));
+        }
+    };
+    use tokio_stream::StreamExt;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    tokio::spawn(crate::events::pump(hub.subscribe(), filter, tx, state.stopping.clone()));
+    let frames = tokio_stream::wrappers::ReceiverStream::new(rx)
+        .map(|bytes| Ok::<_, Infallible>(hyper::body::Frame::data(bytes)));
+    let mut response = Response::new(StreamBody::new(frames).boxed_unsync());
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
 }
 
 /// Reads a PUT body: empty, or a JSON object sent as `application/json`, at
@@ -350,6 +386,7 @@ pub async fn serve(
         }
     }
     drop(listener);
+    state.stopping.cancel();
     tokio::select! {
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => tracing::warn!("gave up waiting for open connections"),

@@ -91,6 +91,9 @@ pub struct Settings {
     /// The all-in-one watcher's settings: the `watcher` object of the
     /// configuration file (interval, jitter, concurrency, …).
     pub watcher: Map<String, Value>,
+    /// The all-in-one cluster exec service's settings: the `clusterexec`
+    /// object of the configuration file (lease_seconds, reboot_grace_seconds).
+    pub clusterexec: Map<String, Value>,
 }
 
 fn member<'a>(file: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
@@ -195,6 +198,7 @@ impl Flags {
             host_services: !self.no_host_services,
             investigator: object_member(&file, "investigator")?,
             watcher: object_member(&file, "watcher")?,
+            clusterexec: object_member(&file, "clusterexec")?,
         })
     }
 }

@@ -85,20 +85,28 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
+    fixture_on(Arc::new(MemoryBus::new()), true).await
+}
+
+/// The storage service on `bus`, and (`with_exec`) a cluster exec instance in this process.
+async fn fixture_on(bus: Arc<dyn Bus>, with_exec: bool) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let specs = storage::handlers::parse(Some(&json!([{"type": "embedded", "path": dir.path().join("s.redb")}])))
         .expect("specs");
     let handlers = storage::open_handlers(specs).await.expect("open");
     let key = SecretsKey::generate(&dir.path().join("secrets.key")).expect("key");
-    let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
     let storage_service = Arc::new(StorageService::new(handlers, key, bus.clone()));
     std::mem::forget(
         bus.serve(storage::QUEUE, storage::PATTERNS, storage_service, ServeOptions::default()).await.expect("serve"),
     );
-    let ssh = SshTransport::new(SshConfig { connect_timeout: Duration::from_secs(5), ..SshConfig::default() });
-    let playbooks = service::playbooks_from_config(&serde_json::Map::new()).expect("the repository's playbooks");
-    let exec = Arc::new(ClusterExec::new(bus.clone(), ssh, playbooks));
-    std::mem::forget(bus.serve(service::QUEUE, service::PATTERNS, exec, ServeOptions::default()).await.expect("serve"));
+    if with_exec {
+        let ssh = SshTransport::new(SshConfig { connect_timeout: Duration::from_secs(5), ..SshConfig::default() });
+        let playbooks = service::playbooks_from_config(&serde_json::Map::new()).expect("the repository's playbooks");
+        let exec = Arc::new(ClusterExec::new(bus.clone(), ssh, playbooks));
+        std::mem::forget(
+            bus.serve(service::QUEUE, service::PATTERNS, exec, ServeOptions::default()).await.expect("serve"),
+        );
+    }
     Fixture { storage: StorageClient::new(bus.clone()), bus, _dir: dir }
 }
 
@@ -356,4 +364,151 @@ async fn an_aborted_restart_ends_without_touching_the_remaining_hosts() {
         let expected = usize::from(done.contains(&host.to_string()));
         assert_eq!(reboots(host).len(), expected, "{host}: reboots after the abort");
     }
+}
+
+#[tokio::test]
+async fn within_a_failure_budget_the_restart_goes_on_and_retry_failed_restarts_only_the_failed_host() {
+    let _one = LOCK.lock().await;
+    let [first, dead, later] = [HOSTS[0], HOSTS[1], HOSTS[2]];
+    for host in [first, dead, later] {
+        testbed(&["host-reset", host]);
+    }
+    testbed(&["host-down", dead]);
+    let fx = fixture().await;
+    fx.cluster("budget", &[first, dead, later], "debian").await;
+    fx.start("restart", json!(["budget", {"failure_budget": 1}])).await;
+    let record = fx.ended::<ClusterRestart>("budget", Duration::from_secs(600)).await;
+    testbed(&["host-up", dead]);
+    assert_eq!(record["status"], "finished", "{record}");
+    assert_eq!(strings(&record["restarted"]), vec![first.to_string(), later.to_string()]);
+    assert_eq!(strings(&record["failed_hosts"]), vec![dead.to_string()]);
+    assert_eq!((reboots(first).len(), reboots(later).len()), (1, 1));
+    let dead_host = record["progress"]["hosts"][1].clone();
+    assert_eq!((dead_host["address"].as_str(), dead_host["state"]["state"].as_str()), (Some(dead), Some("failed")));
+
+    // Retry: only the failed host is restarted (its power-off and power-on
+    // above count as one down/up already).
+    let dead_before = reboots(dead).len();
+    let retried = fx
+        .bus
+        .request("jobs.clusterexec.retry_failed", json!(["budget", "restart"]), Duration::from_secs(30))
+        .await
+        .expect("the retry starts");
+    assert_eq!(retried["status"], "in_process", "{retried}");
+    let record = fx.ended::<ClusterRestart>("budget", Duration::from_secs(600)).await;
+    assert_eq!(record["status"], "finished", "{record}");
+    assert_eq!(strings(&record["restarted"]), vec![first.to_string(), dead.to_string(), later.to_string()]);
+    assert!(strings(&record["failed_hosts"]).is_empty(), "{record}");
+    assert_eq!(record["owner"], "", "an ended operation has no owner: {record}");
+    assert_eq!((reboots(first).len(), reboots(dead).len(), reboots(later).len()), (1, dead_before + 1, 1));
+
+    // Nothing failed now: nothing to retry.
+    let err = fx
+        .bus
+        .request("jobs.clusterexec.retry_failed", json!(["budget", "restart"]), Duration::from_secs(30))
+        .await
+        .expect_err("nothing to retry");
+    assert!(err.to_string().contains("no failed hosts"), "{err}");
+}
+
+/// A child process killed when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts a `commissaire-clusterexec-service` process on `exchange` and waits
+/// until it answers.
+async fn clusterexec_process(bus: &Arc<dyn Bus>, config: &std::path::Path, log: &str) -> Child {
+    // its log: kept out of the test's output, named there (shown on failure)
+    let log = std::env::temp_dir().join(log);
+    println!("cluster exec log: {}", log.display());
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_commissaire-clusterexec-service"))
+        .arg("-c")
+        .arg(config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("start commissaire-clusterexec-service");
+    let child = Child(child);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        // Any instance answering "does not exist" is serving.
+        let reply = bus.request("jobs.clusterexec.restart", json!(["no-such-cluster"]), Duration::from_secs(2)).await;
+        if reply.as_ref().is_err_and(|e| e.to_string().contains("does not exist")) {
+            return child;
+        }
+        assert!(Instant::now() < deadline, "the cluster exec service does not answer: {reply:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_killed_instance_s_restart_is_finished_by_another_with_each_host_rebooted_exactly_once() {
+    let _one = LOCK.lock().await;
+    for host in HOSTS {
+        testbed(&["host-reset", host]);
+    }
+    let exchange = format!("takeover-{}", uuid::Uuid::new_v4().simple());
+    let bus = commissaire_core::bus::connect(&env("COMMISSAIRE_AMQP_URL"), &exchange).await.expect("AMQP bus");
+    let fx = fixture_on(bus.clone(), false).await;
+    let config = fx._dir.path().join("clusterexec.conf");
+    let playbooks = concat!(env!("CARGO_MANIFEST_DIR"), "/../playbooks");
+    let settings = json!({
+        "bus_uri": env("COMMISSAIRE_AMQP_URL"),
+        "bus_exchange": exchange,
+        "playbooks_dir": playbooks,
+        "lease_seconds": 3,
+        "reboot_grace_seconds": 10,
+    });
+    std::fs::write(&config, settings.to_string()).expect("config");
+    fx.cluster("takeover", &HOSTS, "debian").await;
+
+    let mut first = clusterexec_process(&bus, &config, &format!("{exchange}-first.log")).await;
+    let initial = fx.start("restart", json!(["takeover", {"batch": 2}])).await;
+    let owner = initial["owner"].as_str().expect("owner").to_string();
+    assert!(!owner.is_empty(), "{initial}");
+    // Kill it while its first batch is rebooting: a host is down.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !HOSTS.iter().any(|h| {
+        let text = std::fs::read_to_string(
+            std::path::Path::new(&env("COMMISSAIRE_TESTBED_DIR")).join("ssh").join(format!("h{h}")).join("events"),
+        )
+        .unwrap_or_default();
+        text.lines().any(|l| l.starts_with("down"))
+    }) {
+        assert!(Instant::now() < deadline, "no host went down");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first.0.kill().expect("SIGKILL");
+    let _ = first.0.wait();
+    let at_kill = fx.storage.get::<ClusterRestart>("takeover").await.expect("record").to_full_json();
+    assert_eq!(at_kill["status"], "in_process", "{at_kill}");
+
+    let _second = clusterexec_process(&bus, &config, &format!("{exchange}-second.log")).await;
+    let record = fx.ended::<ClusterRestart>("takeover", Duration::from_secs(600)).await;
+    println!("at the kill: {at_kill}\nat the end: {record}");
+    assert_eq!(record["status"], "finished", "{record}");
+    assert_eq!(strings(&record["restarted"]), HOSTS.map(str::to_string).to_vec(), "{record}");
+    assert!(strings(&record["failed_hosts"]).is_empty(), "{record}");
+
+    // As the hosts saw it: each rebooted exactly once, never more than two down at once.
+    let mut edges = Vec::new();
+    for host in HOSTS {
+        let pairs = reboots(host);
+        assert_eq!(pairs.len(), 1, "{host} rebooted {} times: {pairs:?}", pairs.len());
+        edges.push((pairs[0].0, 1i32));
+        edges.push((pairs[0].1, -1i32));
+    }
+    edges.sort();
+    let (mut down_now, mut most) = (0, 0);
+    for (_, step) in edges {
+        down_now += step;
+        most = most.max(down_now);
+    }
+    assert!(most <= 2, "{most} hosts were down at the same time");
 }

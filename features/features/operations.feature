@@ -111,3 +111,55 @@ Feature: Cluster operations
     Given I have created /api/v0/cluster/$cluster
     When I GET /api/v0/cluster/$cluster/restart/
     Then the response status is 404
+
+  Scenario Outline: Retrying the failed hosts of a <operation> that never ran
+    Given I have created /api/v0/cluster/$cluster
+    When I PUT /api/v0/cluster/$cluster/<operation>/retry-failed
+    Then the response status is 404
+    When I PUT /api/v0/cluster/$missing/<operation>/retry-failed
+    Then the response status is 404
+
+    Examples:
+      | operation |
+      | deploy    |
+      | restart   |
+
+  @hosts
+  Scenario: A restart within a failure budget, followed on the event stream, then its failed host retried
+    Given I have created /api/v0/cluster/$cluster
+    And a test host $up
+    And a test host $down
+    When I PUT /api/v0/host/$up with:
+      """
+      {"ssh_priv_key": "$TEST_KEY", "cluster": "$cluster"}
+      """
+    And I PUT /api/v0/host/$down with:
+      """
+      {"ssh_priv_key": "$TEST_KEY", "cluster": "$cluster"}
+      """
+    Then within 60 seconds host $up has status "disassociated"
+    And within 60 seconds host $down has status "disassociated"
+    When I follow the events of cluster $cluster
+    And the test host $down goes down
+    And I PUT /api/v0/cluster/$cluster/restart with:
+      """
+      {"failure_budget": 1}
+      """
+    Then the response status is 201
+    And within 300 seconds the event stream has shown "clusterexec.restart.finished"
+    And the event stream has shown "clusterexec.restart.host_done" for $up
+    And the event stream has shown "clusterexec.restart.host_failed" for $down
+    And every event of the stream is about cluster $cluster
+    When I GET /api/v0/cluster/$cluster/restart
+    Then the response field "/status" is "finished"
+    And the response field "/failed_hosts" is ["$down"]
+    When the test host $down comes back
+    And I PUT /api/v0/cluster/$cluster/restart/retry-failed
+    Then the response status is 201
+    And the response field "/status" is "in_process"
+    And within 300 seconds GET /api/v0/cluster/$cluster/restart has "finished" at "/status"
+    And the response field "/failed_hosts" is []
+    And within 10 seconds the event stream has shown "clusterexec.restart.host_done" for $down
+    When I PUT /api/v0/cluster/$cluster/restart/retry-failed
+    Then the response status is 409
+    And the error message mentions "no failed hosts"

@@ -146,3 +146,88 @@ impl Client {
         Ok(Response { status: parts.status, headers: parts.headers, body })
     }
 }
+
+/// One server-sent event: its name and its data (JSON).
+pub type StreamEvent = (String, Value);
+
+/// An open `GET /api/v0/events` stream read in the background: every event
+/// that arrived so far is in [`EventStream::events`]. Dropping it closes the
+/// stream.
+#[derive(Debug)]
+pub struct EventStream {
+    events: std::sync::Arc<std::sync::Mutex<Vec<StreamEvent>>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl EventStream {
+    /// The events received so far, in order.
+    pub fn events(&self) -> Vec<StreamEvent> {
+        self.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+}
+
+impl Client {
+    /// Opens an event stream (`path` with its query) and returns once the
+    /// server said it is live (`: connected`): later events all reach it.
+    pub async fn follow(&self, path: &str, user: &str, password: &str) -> anyhow::Result<EventStream> {
+        let stream = tokio::net::TcpStream::connect(self.addr).await.context("connect")?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let request = hyper::Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .header(header::HOST, self.addr.to_string())
+            .header(header::AUTHORIZATION, format!("Basic {token}"))
+            .body(Empty::<Bytes>::new())?;
+        let driver = tokio::spawn(connection);
+        let response = tokio::time::timeout(REQUEST_TIMEOUT, sender.send_request(request)).await??;
+        if response.status() != StatusCode::OK {
+            driver.abort();
+            anyhow::bail!("GET {path} answered {}", response.status());
+        }
+        let mut body = response.into_body();
+        let mut buffer = String::new();
+        // up to the first block: the stream is live
+        while !buffer.contains("\n\n") {
+            let frame = tokio::time::timeout(REQUEST_TIMEOUT, body.frame())
+                .await
+                .context("no first block on the event stream")?
+                .context("the event stream ended at once")??;
+            if let Ok(data) = frame.into_data() {
+                buffer.push_str(&String::from_utf8_lossy(&data));
+            }
+        }
+        let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = events.clone();
+        let reader = tokio::spawn(async move {
+            let _keep = (sender, driver);
+            loop {
+                while let Some(end) = buffer.find("\n\n") {
+                    let block: String = buffer.drain(..end + 2).collect();
+                    let field = |name: &str| {
+                        block.lines().find_map(|l| l.strip_prefix(name).map(str::trim).map(str::to_string))
+                    };
+                    if let (Some(name), Some(data)) = (field("event:"), field("data:")) {
+                        let data = serde_json::from_str(&data).unwrap_or(Value::String(data));
+                        sink.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((name, data));
+                    }
+                }
+                match body.frame().await {
+                    Some(Ok(frame)) => {
+                        if let Ok(data) = frame.into_data() {
+                            buffer.push_str(&String::from_utf8_lossy(&data));
+                        }
+                    }
+                    _ => return,
+                }
+            }
+        });
+        Ok(EventStream { events, reader })
+    }
+}

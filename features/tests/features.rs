@@ -17,7 +17,7 @@ use std::{
 };
 
 use commissaire_features::{
-    client::{Body, Client, Request, Response},
+    client::{Body, Client, EventStream, Request, Response},
     stack::{ADMIN, Binaries, Stack},
     test_hosts::{HostLease, TestHosts},
 };
@@ -71,6 +71,8 @@ struct ApiWorld {
     leases: Vec<HostLease>,
     /// Test hosts this scenario stopped and has not started again.
     stopped: Vec<String>,
+    /// The event stream the scenario follows.
+    events: Option<EventStream>,
     /// commctl runs (`commctl_steps`).
     commctl: commctl_steps::State,
 }
@@ -108,6 +110,7 @@ impl ApiWorld {
             bindings,
             leases: Vec::new(),
             stopped: Vec::new(),
+            events: None,
             commctl: Default::default(),
         }
     }
@@ -561,6 +564,58 @@ async fn host_up(w: &mut ApiWorld, name: String) {
     let address = w.bound(&name);
     w.test_hosts().testbed(&["host-start", &address]).unwrap_or_else(|e| panic!("{e:#}"));
     w.stopped.retain(|a| a != &address);
+}
+
+// ---------------------------------------------------------------------------
+// The event stream
+
+#[when(regex = r"^I follow the events of cluster (\$\w+)$")]
+async fn follow_events(w: &mut ApiWorld, cluster: String) {
+    let Auth::Basic(user, password) = w.auth.clone() else { panic!("following events needs credentials") };
+    let path = format!("/api/v0/events?cluster={}", w.expand(&cluster));
+    let stream = w.target.client.follow(&path, &user, &password).await.unwrap_or_else(|e| panic!("{path}: {e:#}"));
+    w.events = Some(stream);
+}
+
+/// Whether an event named `name` (about `host`, when given) arrived; the
+/// events so far otherwise.
+fn has_event(w: &ApiWorld, name: &str, host: Option<&str>) -> Result<(), Vec<(String, Value)>> {
+    let events = w.events.as_ref().expect("no event stream is followed").events();
+    let found = events.iter().any(|(n, data)| {
+        n == name && host.is_none_or(|h| data.pointer("/document/host").and_then(Value::as_str) == Some(h))
+    });
+    if found { Ok(()) } else { Err(events) }
+}
+
+#[then(regex = r#"^within (\d+) seconds the event stream has shown "([^"]+)"(?: for (\$\w+))?$"#)]
+async fn event_shown(w: &mut ApiWorld, seconds: u64, name: String, host: String) {
+    let host = (!host.is_empty()).then(|| w.bound(&host));
+    let deadline = Instant::now() + std::time::Duration::from_secs(seconds);
+    loop {
+        match has_event(w, &name, host.as_deref()) {
+            Ok(()) => return,
+            Err(events) if Instant::now() >= deadline => {
+                let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+                panic!("no {name} event (host {host:?}) within {seconds} s; seen: {names:?}");
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+        }
+    }
+}
+
+#[then(regex = r#"^the event stream has shown "([^"]+)"(?: for (\$\w+))?$"#)]
+async fn event_shown_now(w: &mut ApiWorld, name: String, host: String) {
+    event_shown(w, 0, name, host).await;
+}
+
+#[then(regex = r#"^every event of the stream is about cluster (\$\w+)$"#)]
+async fn events_of_cluster(w: &mut ApiWorld, cluster: String) {
+    let cluster = w.expand(&cluster);
+    let events = w.events.as_ref().expect("no event stream is followed").events();
+    assert!(!events.is_empty(), "no event at all");
+    for (name, data) in events {
+        assert_eq!(data["cluster"].as_str(), Some(cluster.as_str()), "{name}: {data}");
+    }
 }
 
 #[then(regex = r#"^within (\d+) seconds GET (\S+) has "([^"]*)" at "([^"]*)"$"#)]

@@ -6,8 +6,10 @@
 //! operation failed, `failed_hosts` lists the hosts that failed (addresses),
 //! `knobs` holds the rollout knobs the operation was started with, `phase` says
 //! where a running operation is (`running`, `paused`, `aborting`, then
-//! `finished`, `failed` or `aborted`), and `control` is what an operator asked
-//! of it (`pause`, `abort`, or empty to let it run).
+//! `finished`, `failed` or `aborted`), `control` is what an operator asked
+//! of it (`pause`, `abort`, or empty to let it run), `progress` is the durable
+//! per-host state the cluster exec service resumes from, and `owner` /
+//! `lease_expires_at` say which service instance drives it and until when.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -65,6 +67,17 @@ pub struct ClusterDeploy {
     /// Where the operation is (see [`OPERATION_PHASES`]).
     #[serde(default)]
     pub phase: String,
+    /// The durable progress: every host's state and attempts, as the cluster
+    /// exec service's planner keeps it (empty until the service wrote it).
+    #[serde(default)]
+    pub progress: Map<String, Value>,
+    /// The cluster exec instance driving the operation (empty once ended).
+    #[serde(default)]
+    pub owner: String,
+    /// Until when `owner` holds the operation; past it, another instance
+    /// takes the operation over.
+    #[serde(default)]
+    pub lease_expires_at: String,
 }
 
 impl Model for ClusterDeploy {
@@ -82,6 +95,9 @@ impl Model for ClusterDeploy {
         Field::optional("knobs", Kind::Dict),
         Field::optional("control", Kind::Str),
         Field::optional("phase", Kind::Str),
+        Field::optional("progress", Kind::Dict),
+        Field::optional("owner", Kind::Str),
+        Field::optional("lease_expires_at", Kind::Str),
     ];
 
     fn primary_key(&self) -> Option<&str> {
@@ -125,6 +141,17 @@ pub struct ClusterRestart {
     /// Where the operation is (see [`OPERATION_PHASES`]).
     #[serde(default)]
     pub phase: String,
+    /// The durable progress: every host's state and attempts, as the cluster
+    /// exec service's planner keeps it (empty until the service wrote it).
+    #[serde(default)]
+    pub progress: Map<String, Value>,
+    /// The cluster exec instance driving the operation (empty once ended).
+    #[serde(default)]
+    pub owner: String,
+    /// Until when `owner` holds the operation; past it, another instance
+    /// takes the operation over.
+    #[serde(default)]
+    pub lease_expires_at: String,
 }
 
 impl Model for ClusterRestart {
@@ -141,6 +168,9 @@ impl Model for ClusterRestart {
         Field::optional("knobs", Kind::Dict),
         Field::optional("control", Kind::Str),
         Field::optional("phase", Kind::Str),
+        Field::optional("progress", Kind::Dict),
+        Field::optional("owner", Kind::Str),
+        Field::optional("lease_expires_at", Kind::Str),
     ];
 
     fn primary_key(&self) -> Option<&str> {
@@ -181,6 +211,17 @@ pub struct ClusterUpgrade {
     /// Where the operation is (see [`OPERATION_PHASES`]).
     #[serde(default)]
     pub phase: String,
+    /// The durable progress: every host's state and attempts, as the cluster
+    /// exec service's planner keeps it (empty until the service wrote it).
+    #[serde(default)]
+    pub progress: Map<String, Value>,
+    /// The cluster exec instance driving the operation (empty once ended).
+    #[serde(default)]
+    pub owner: String,
+    /// Until when `owner` holds the operation; past it, another instance
+    /// takes the operation over.
+    #[serde(default)]
+    pub lease_expires_at: String,
 }
 
 impl Model for ClusterUpgrade {
@@ -197,6 +238,9 @@ impl Model for ClusterUpgrade {
         Field::optional("knobs", Kind::Dict),
         Field::optional("control", Kind::Str),
         Field::optional("phase", Kind::Str),
+        Field::optional("progress", Kind::Dict),
+        Field::optional("owner", Kind::Str),
+        Field::optional("lease_expires_at", Kind::Str),
     ];
 
     fn primary_key(&self) -> Option<&str> {

@@ -55,11 +55,23 @@ pub struct Api {
     pub(crate) bus: Arc<dyn Bus>,
     pub(crate) storage: StorageClient,
     pub(crate) service_timeout: Duration,
+    /// The event stream's one bus subscription, made on first use.
+    events: Arc<crate::events::LazyHub>,
 }
 
 impl Api {
     pub fn new(bus: Arc<dyn Bus>) -> Self {
-        Self { storage: StorageClient::new(bus.clone()), bus, service_timeout: commissaire_core::bus::DEFAULT_TIMEOUT }
+        Self {
+            storage: StorageClient::new(bus.clone()),
+            bus,
+            service_timeout: commissaire_core::bus::DEFAULT_TIMEOUT,
+            events: Arc::default(),
+        }
+    }
+
+    /// The event hub every `GET /api/v0/events` stream reads from.
+    pub async fn events(&self) -> Result<Arc<crate::events::EventHub>, commissaire_core::bus::BusError> {
+        self.events.get(&self.bus).await
     }
 
     /// The storage client the handlers use.

@@ -68,6 +68,9 @@ impl Api {
     /// starts no new one until resumed; an abort lets them finish and ends the
     /// operation (`phase` `aborted`).
     pub async fn control_operation(&self, name: &str, operation: Operation, control: Control) -> ApiResult {
+        if control == Control::RetryFailed {
+            return self.retry_failed(name, operation).await;
+        }
         let attempts = super::CAS_ATTEMPTS;
         let record = match operation {
             Operation::Deploy => self
@@ -97,6 +100,27 @@ impl Api {
     }
 }
 
+impl Api {
+    /// Starts an ended operation again over its failed hosts (and the hosts it
+    /// had not reached); the done ones are not touched. 201 with the record;
+    /// 409 while any operation of the cluster is in process or when there is
+    /// no failed host; 404 without a record.
+    async fn retry_failed(&self, name: &str, operation: Operation) -> ApiResult {
+        // What can be answered from the record is, without the service.
+        if self.get_operation(name, operation).await?.body["status"] == "in_process" {
+            return Err(ApiError::conflict(format!(
+                "the {} of cluster {name} is still in process",
+                operation.as_str()
+            )));
+        }
+        let record = self
+            .call_service("clusterexec", "jobs.clusterexec.retry_failed", json!([name, operation.as_str()]))
+            .await?;
+        tracing::info!(cluster = %name, operation = operation.as_str(), "retrying the failed hosts");
+        Ok(Reply::created(record))
+    }
+}
+
 /// Sets a record's `control` for an operator's request; whether it changed.
 /// Only a running operation takes one, and an abort is final.
 fn apply_control(status: &str, current: &mut String, control: Control) -> Result<bool, ApiError> {
@@ -110,6 +134,9 @@ fn apply_control(status: &str, current: &mut String, control: Control) -> Result
         Control::Pause => "pause",
         Control::Resume => "",
         Control::Abort => "abort",
+        Control::RetryFailed => {
+            return Err(ApiError::bad_request("retry-failed is not a control of a running operation"));
+        }
     };
     let changed = current != wanted;
     *current = wanted.to_string();

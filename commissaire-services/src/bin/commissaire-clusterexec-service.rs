@@ -1,4 +1,5 @@
-//! `commissaire-clusterexec-service`: answers `jobs.clusterexec.restart|upgrade|deploy` on the bus.
+//! `commissaire-clusterexec-service`: answers `jobs.clusterexec.restart|upgrade|deploy|retry_failed`
+//! on the bus, and takes over the operations of instances that died.
 
 use clap::Parser;
 use commissaire_services::{
@@ -21,8 +22,16 @@ async fn main() -> anyhow::Result<()> {
     runner::init_logging(config.debug);
     let bus = config.connect_bus().await?;
     let playbooks = service::playbooks_from_config(&config.members)?;
-    tracing::info!(playbook = %playbooks.restart.path().display(), "operation playbooks loaded");
-    let clusterexec =
-        std::sync::Arc::new(ClusterExec::new(bus.clone(), SshTransport::new(SshConfig::default()), playbooks));
+    let settings = service::settings_from_config(&config.members)?;
+    tracing::info!(playbook = %playbooks.restart.path().display(), lease = ?settings.lease, "operation playbooks loaded");
+    let clusterexec = std::sync::Arc::new(ClusterExec::with_settings(
+        bus.clone(),
+        SshTransport::new(SshConfig::default()),
+        playbooks,
+        settings,
+    ));
+    tracing::info!(instance = clusterexec.instance(), "cluster exec instance");
+    // Operations whose instance died are resumed here once their lease ran out.
+    let _takeover = clusterexec.spawn_takeover();
     runner::serve_until_stopped(&config, &bus, service::QUEUE, service::PATTERNS, clusterexec, "clusterexec").await
 }

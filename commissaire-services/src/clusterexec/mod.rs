@@ -39,7 +39,8 @@
 //!   so at most [`plan::batch_size`] hosts are ever in process, and they are
 //!   the first pending hosts in hostset order.
 //! - A host starts once; only `RetryFailed` (allowed once the operation
-//!   ended `Failed`) puts the failed hosts, and only those, back to pending.
+//!   ended `Failed`, or `Finished` with failed hosts) puts the failed hosts,
+//!   and only those, back to pending.
 //! - The soak and the health gate come between batches only: not before the
 //!   first, not after the last.
 //! - A failure that exceeds the budget (or a failed health gate) stops new
@@ -57,5 +58,7 @@
 //!   ends a soak, a gate or the operation, so a driver that carries decisions
 //!   out reaches an ended phase in a number of steps linear in the hosts.
 
+mod drive;
 pub mod plan;
 pub mod service;
+mod takeover;

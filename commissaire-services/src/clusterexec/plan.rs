@@ -173,6 +173,11 @@ pub struct HostEntry {
     pub state: HostState,
     /// How many times this host was started (0: never touched).
     pub attempts: u32,
+    /// The host's boot id, noted (`BootIdSeen`) before a reboot was asked of
+    /// it in this attempt: an instance taking the operation over compares it
+    /// with the host's boot id now to tell whether the reboot happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
 }
 
 /// Where the whole operation is.
@@ -267,8 +272,14 @@ pub enum Observation {
     Pause,
     Resume,
     Abort,
-    /// Puts the failed hosts back to pending and runs again; only once the
-    /// operation ended `Failed`.
+    /// The boot id of a host in process, read before a reboot is asked of it.
+    BootIdSeen {
+        host: String,
+        boot_id: String,
+    },
+    /// Puts the failed hosts back to pending and runs again (the hosts not
+    /// reached yet run too; the done ones are not touched); only once the
+    /// operation ended `Failed`, or `Finished` with failed hosts.
     RetryFailed,
     /// The time now: hosts in process longer than the per-host timeout fail.
     Tick {
@@ -331,6 +342,7 @@ fn observation_name(observation: &Observation) -> &'static str {
         Observation::Pause => "Pause",
         Observation::Resume => "Resume",
         Observation::Abort => "Abort",
+        Observation::BootIdSeen { .. } => "BootIdSeen",
         Observation::RetryFailed => "RetryFailed",
         Observation::Tick { .. } => "Tick",
     }
@@ -349,7 +361,7 @@ impl OpState {
             if entries.iter().any(|entry| entry.address == address) {
                 return Err(PlanError::DuplicateHost(address));
             }
-            entries.push(HostEntry { address, state: HostState::Pending, attempts: 0 });
+            entries.push(HostEntry { address, state: HostState::Pending, attempts: 0, boot_id: None });
         }
         Ok(Self {
             hosts: entries,
@@ -472,8 +484,21 @@ pub fn apply(state: &OpState, knobs: &Knobs, observation: &Observation) -> Resul
             Phase::Running | Phase::Paused | Phase::Aborting => next_state.phase = Phase::Aborting,
             _ => return Err(not_allowed()),
         },
+        Observation::BootIdSeen { host, boot_id } => {
+            let index = next_state.position(host)?;
+            let entry = &mut next_state.hosts[index];
+            if !matches!(entry.state, HostState::InProcess { .. }) {
+                return Err(PlanError::HostNotInProcess { host: host.clone(), state: state_name(&entry.state) });
+            }
+            entry.boot_id = Some(boot_id.clone());
+        }
         Observation::RetryFailed => {
-            if !matches!(state.phase, Phase::Failed { .. }) {
+            let retriable = match state.phase {
+                Phase::Failed { .. } => true,
+                Phase::Finished => state.failed() > 0,
+                _ => false,
+            };
+            if !retriable {
                 return Err(not_allowed());
             }
             for entry in &mut next_state.hosts {
@@ -571,6 +596,7 @@ pub fn commit(state: &OpState, knobs: &Knobs, decision: &Decision, now_ms: u64) 
                 let entry = &mut next_state.hosts[index];
                 entry.attempts += 1;
                 entry.state = HostState::InProcess { attempt: entry.attempts, since_ms: now_ms };
+                entry.boot_id = None;
             }
             next_state.batches_started += 1;
             next_state.soak_until = None;

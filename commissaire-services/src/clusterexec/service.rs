@@ -1,47 +1,40 @@
-//! The clusterexec service: `jobs.clusterexec.restart|upgrade|deploy` on the
-//! shared queue `clusterexec`.
+//! The clusterexec service: `jobs.clusterexec.restart|upgrade|deploy` and
+//! `jobs.clusterexec.retry_failed` on the shared queue `clusterexec`.
 //!
-//! A request's params are an array: the cluster's name, for `deploy` the
-//! version to deploy, and optionally, as the last element, an object of
+//! A start request's params are an array: the cluster's name, for `deploy`
+//! the version to deploy, and optionally, as the last element, an object of
 //! [`Knobs`] (absent: the defaults, the original's behaviour). The service
 //! checks them, reads the cluster, writes the initial record (`in_process`,
-//! `started_at`, empty host lists, `knobs`) with compare-and-swap, refusing
-//! with a conflict (409) when any operation of the cluster is in process, and
-//! replies with that record at once. The operation then runs in a task of its
-//! own, driven by the [planner](super::plan): it starts the hosts of a batch
-//! in parallel (each runs the operation's playbook over SSH), records every
-//! host's move from `in_process` to the done list (`restarted`, `upgraded`,
-//! `deployed`) or to `failed_hosts`, and ends the record `finished` or
-//! `failed` (with `reason`) and `finished_at`. The final write is retried; a
-//! record never stays `in_process` while this process lives.
+//! `started_at`, `knobs`, the planner's state in `progress`, this instance as
+//! `owner` with a lease) with compare-and-swap, refusing with a conflict (409)
+//! when any operation of the cluster is in process, and replies with that
+//! record at once. The operation then runs in a task of its own
+//! ([`super::drive`]); an instance whose lease ran out loses the operation to
+//! another instance, which resumes it from `progress` ([`super::takeover`]).
 //!
-//! Per host: restart runs `restart.yaml` (reboot, wait for a new boot id);
-//! upgrade runs `upgrade.yaml` with the variables of the host's OS; deploy
-//! runs `deploy.yaml` with `commissaire_deploy_version`, then `restart.yaml`
-//! so that the deployed version is the one booted.
-//!
-//! Not done yet: progress lives in the record but is not resumed by another
-//! instance (no lease), there are no pause/resume/abort controls and no
-//! events are published.
+//! `retry_failed` (params `[cluster, operation]`) starts an ended operation
+//! again over its failed hosts (and the hosts it had not reached).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use commissaire_core::{
     bus::Handler,
     jsonrpc::RpcError,
-    model::{Cluster, ClusterDeploy, ClusterRestart, ClusterUpgrade, Host, HostCreds, Model},
+    model::{Cluster, ClusterDeploy, ClusterRestart, ClusterUpgrade, Model},
     storage_client::{StorageClient, StorageError},
     timestamp,
 };
 use serde_json::{Map, Value, json};
-use tokio::task::JoinSet;
 
-use super::plan::{self, Decision, HostState, Knobs, Observation, OpState, Phase};
+use super::plan::{HostState, Knobs, Observation, OpState, Phase};
 use crate::{
-    investigator::host_target,
-    playbook::{OsSupport, Playbook, PlaybookError, PlaybookRunner},
-    transport::{Command, SshTransport},
+    playbook::{Playbook, PlaybookError, PlaybookRunner},
+    transport::SshTransport,
 };
 
 /// The routing keys the service answers.
@@ -49,11 +42,8 @@ pub const PATTERNS: &[&str] = &["jobs.clusterexec.*"];
 /// Its shared queue.
 pub const QUEUE: &str = "clusterexec";
 
-/// How many times the final write of a record is tried.
-const FINAL_WRITE_ATTEMPTS: u32 = 8;
-
 /// The operations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OpKind {
     Restart,
     Upgrade,
@@ -105,6 +95,54 @@ pub enum ConfigError {
     Config(commissaire_core::config::ConfigError),
     #[error(transparent)]
     Playbook(PlaybookError),
+    #[error("{0} must be a number of seconds above 0 and at most 86400")]
+    Seconds(&'static str),
+}
+
+/// How long an instance holds an operation without renewing its lease, and
+/// how long a taken-over host may keep its old boot id before the reboot
+/// counts as never issued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// An operation's lease; renewed every third of it by its owner.
+    pub lease: Duration,
+    /// See [`super::drive`]: how long a successor waits for a host whose
+    /// reboot may have been asked for to go down before asking again.
+    pub reboot_grace: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self { lease: Duration::from_secs(15), reboot_grace: Duration::from_secs(30) }
+    }
+}
+
+impl Settings {
+    /// How often the owner renews a lease and every instance looks for
+    /// operations whose lease ran out.
+    pub fn renew_every(&self) -> Duration {
+        (self.lease / 3).max(Duration::from_millis(100))
+    }
+}
+
+/// The service's settings from a configuration: `lease_seconds` (15) and
+/// `reboot_grace_seconds` (30), numbers above 0.
+pub fn settings_from_config(members: &Map<String, Value>) -> Result<Settings, ConfigError> {
+    let seconds = |member: &'static str, default: Duration| -> Result<Duration, ConfigError> {
+        match members.get(member) {
+            None | Some(Value::Null) => Ok(default),
+            Some(value) => value
+                .as_f64()
+                .and_then(|s| Duration::try_from_secs_f64(s).ok())
+                .filter(|d| !d.is_zero() && *d <= Duration::from_secs(86_400))
+                .ok_or(ConfigError::Seconds(member)),
+        }
+    };
+    let defaults = Settings::default();
+    Ok(Settings {
+        lease: seconds("lease_seconds", defaults.lease)?,
+        reboot_grace: seconds("reboot_grace_seconds", defaults.reboot_grace)?,
+    })
 }
 
 /// The service's members of a configuration (optional): `playbooks_dir`.
@@ -116,28 +154,40 @@ pub fn playbooks_from_config(members: &Map<String, Value>) -> Result<Playbooks, 
 }
 
 /// The fields of an operation record the service writes, for any of the three kinds.
-struct Fields<'a> {
-    status: &'a mut String,
-    done: &'a mut Vec<String>,
-    in_process: &'a mut Vec<String>,
-    started_at: &'a mut String,
-    finished_at: &'a mut Option<String>,
-    reason: &'a mut String,
-    failed_hosts: &'a mut Vec<String>,
-    knobs: &'a mut Map<String, Value>,
-    phase: &'a mut String,
+pub(super) struct Fields<'a> {
+    pub status: &'a mut String,
+    pub done: &'a mut Vec<String>,
+    pub in_process: &'a mut Vec<String>,
+    pub started_at: &'a mut String,
+    pub finished_at: &'a mut Option<String>,
+    pub reason: &'a mut String,
+    pub failed_hosts: &'a mut Vec<String>,
+    pub knobs: &'a mut Map<String, Value>,
+    pub control: &'a mut String,
+    pub phase: &'a mut String,
+    pub progress: &'a mut Map<String, Value>,
+    pub owner: &'a mut String,
+    pub lease_expires_at: &'a mut String,
 }
 
-trait OpRecord: Model + Clone + Send + Sync + 'static {
+pub(super) trait OpRecord: Model + Clone + Send + Sync + 'static {
+    const KIND: OpKind;
     fn named(name: &str, version: &str) -> Self;
     fn fields(&mut self) -> Fields<'_>;
     fn status(&self) -> &str;
     fn control(&self) -> &str;
+    fn owner(&self) -> &str;
+    fn lease_expires_at(&self) -> &str;
+    fn progress(&self) -> &Map<String, Value>;
+    fn knobs(&self) -> &Map<String, Value>;
+    /// The version of a deploy (empty for the other kinds).
+    fn version(&self) -> &str;
 }
 
 macro_rules! op_record {
-    ($model:ty, $done:ident, |$name:ident, $version:ident| $make:expr) => {
+    ($model:ty, $kind:expr, $done:ident, |$name:ident, $version:ident| $make:expr, |$r:ident| $get_version:expr) => {
         impl OpRecord for $model {
+            const KIND: OpKind = $kind;
             fn named($name: &str, $version: &str) -> Self {
                 $make
             }
@@ -151,7 +201,11 @@ macro_rules! op_record {
                     reason: &mut self.reason,
                     failed_hosts: &mut self.failed_hosts,
                     knobs: &mut self.knobs,
+                    control: &mut self.control,
                     phase: &mut self.phase,
+                    progress: &mut self.progress,
+                    owner: &mut self.owner,
+                    lease_expires_at: &mut self.lease_expires_at,
                 }
             }
             fn status(&self) -> &str {
@@ -160,20 +214,63 @@ macro_rules! op_record {
             fn control(&self) -> &str {
                 &self.control
             }
+            fn owner(&self) -> &str {
+                &self.owner
+            }
+            fn lease_expires_at(&self) -> &str {
+                &self.lease_expires_at
+            }
+            fn progress(&self) -> &Map<String, Value> {
+                &self.progress
+            }
+            fn knobs(&self) -> &Map<String, Value> {
+                &self.knobs
+            }
+            fn version(&self) -> &str {
+                let $r = self;
+                $get_version
+            }
         }
     };
 }
 
-op_record!(ClusterRestart, restarted, |name, _version| ClusterRestart { name: name.to_string(), ..Default::default() });
-op_record!(ClusterUpgrade, upgraded, |name, _version| ClusterUpgrade { name: name.to_string(), ..Default::default() });
-op_record!(ClusterDeploy, deployed, |name, version| ClusterDeploy {
-    name: name.to_string(),
-    version: version.to_string(),
-    ..Default::default()
-});
+op_record!(
+    ClusterRestart,
+    OpKind::Restart,
+    restarted,
+    |name, _version| ClusterRestart { name: name.to_string(), ..Default::default() },
+    |_r| ""
+);
+op_record!(
+    ClusterUpgrade,
+    OpKind::Upgrade,
+    upgraded,
+    |name, _version| ClusterUpgrade { name: name.to_string(), ..Default::default() },
+    |_r| ""
+);
+op_record!(
+    ClusterDeploy,
+    OpKind::Deploy,
+    deployed,
+    |name, version| ClusterDeploy { name: name.to_string(), version: version.to_string(), ..Default::default() },
+    |r| &r.version
+);
 
-/// Copies the planner's state into a record's host lists and status.
-fn mirror(fields: Fields<'_>, state: &OpState) {
+/// The name of a phase as the record's `phase` says it.
+pub(super) fn phase_name(phase: &Phase) -> &'static str {
+    match phase {
+        Phase::Running => "running",
+        Phase::Paused => "paused",
+        Phase::Aborting => "aborting",
+        Phase::Finished => "finished",
+        Phase::Failed { .. } => "failed",
+        Phase::Aborted => "aborted",
+    }
+}
+
+/// Copies the planner's state into a record: host lists, status, phase,
+/// `progress` (the state itself) and, at the end, `reason` and `finished_at`.
+pub(super) fn mirror(fields: Fields<'_>, state: &OpState) {
     let with = |pred: fn(&HostState) -> bool| -> Vec<String> {
         state.hosts.iter().filter(|e| pred(&e.state)).map(|e| e.address.clone()).collect()
     };
@@ -187,18 +284,14 @@ fn mirror(fields: Fields<'_>, state: &OpState) {
             fields.failed_hosts.push(host);
         }
     }
-    *fields.phase = match &state.phase {
-        Phase::Running => "running",
-        Phase::Paused => "paused",
-        Phase::Aborting => "aborting",
-        Phase::Finished => "finished",
-        Phase::Failed { .. } => "failed",
-        Phase::Aborted => "aborted",
+    *fields.phase = phase_name(&state.phase).into();
+    if let Ok(Value::Object(progress)) = serde_json::to_value(state) {
+        *fields.progress = progress;
     }
-    .into();
     match &state.phase {
         Phase::Finished => {
             *fields.status = "finished".into();
+            fields.reason.clear();
             *fields.finished_at = Some(timestamp::now());
         }
         Phase::Aborted => {
@@ -214,8 +307,20 @@ fn mirror(fields: Fields<'_>, state: &OpState) {
             };
             *fields.finished_at = Some(timestamp::now());
         }
-        Phase::Running | Phase::Paused | Phase::Aborting => *fields.status = "in_process".into(),
+        Phase::Running | Phase::Paused | Phase::Aborting => {
+            *fields.status = "in_process".into();
+            fields.reason.clear();
+            *fields.finished_at = None;
+        }
     }
+}
+
+/// The planner's state kept in a record, when there is one.
+pub(super) fn progress_of<R: OpRecord>(record: &R) -> Option<OpState> {
+    if record.progress().is_empty() {
+        return None;
+    }
+    serde_json::from_value(Value::Object(record.progress().clone())).ok()
 }
 
 /// One request, checked.
@@ -266,28 +371,67 @@ pub fn parse_request(kind: OpKind, params: &Value) -> Result<OpRequest, RpcError
     Ok(OpRequest { kind, cluster, version, knobs, knobs_given })
 }
 
-struct Inner {
-    storage: StorageClient,
-    runner: PlaybookRunner,
-    ssh: SshTransport,
-    playbooks: Playbooks,
+/// What the service's tasks share.
+pub(super) struct Inner {
+    pub storage: StorageClient,
+    pub bus: Arc<dyn commissaire_core::bus::Bus>,
+    pub runner: PlaybookRunner,
+    pub ssh: SshTransport,
+    pub playbooks: Playbooks,
+    pub settings: Settings,
+    /// This instance's name, written as the `owner` of the operations it drives.
+    pub instance: String,
+    /// The operations this instance drives now (kind, cluster).
+    pub driving: Mutex<HashSet<(OpKind, String)>>,
 }
 
-/// The service; serve it with [`QUEUE`] and [`PATTERNS`].
+/// The service; serve it with [`QUEUE`] and [`PATTERNS`], and run
+/// [`ClusterExec::spawn_takeover`] beside it.
 pub struct ClusterExec {
     inner: Arc<Inner>,
 }
 
+/// A name for this instance: host name, process id and a random part.
+fn instance_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    format!("{}-{}-{}", host.trim(), std::process::id(), &random[..8])
+}
+
 impl ClusterExec {
     pub fn new(bus: Arc<dyn commissaire_core::bus::Bus>, ssh: SshTransport, playbooks: Playbooks) -> Self {
+        Self::with_settings(bus, ssh, playbooks, Settings::default())
+    }
+
+    pub fn with_settings(
+        bus: Arc<dyn commissaire_core::bus::Bus>,
+        ssh: SshTransport,
+        playbooks: Playbooks,
+        settings: Settings,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                storage: StorageClient::new(bus),
+                storage: StorageClient::new(bus.clone()),
+                bus,
                 runner: PlaybookRunner::new(ssh.clone()),
                 ssh,
                 playbooks,
+                settings,
+                instance: instance_name(),
+                driving: Mutex::new(HashSet::new()),
             }),
         }
+    }
+
+    /// This instance's name (the `owner` of the operations it drives).
+    pub fn instance(&self) -> &str {
+        &self.inner.instance
+    }
+
+    /// Looks for operations whose owner's lease ran out, every third of a
+    /// lease, and resumes them here; see [`super::takeover`].
+    pub fn spawn_takeover(&self) -> tokio::task::JoinHandle<()> {
+        super::takeover::spawn(self.inner.clone())
     }
 
     /// Starts an operation: its initial record, once written.
@@ -311,18 +455,15 @@ impl ClusterExec {
         };
         let state = OpState::new(cluster.hostset.iter().cloned())
             .map_err(|e| RpcError::invalid_params(format!("cluster {name}: {e}")))?;
-        // Refuse while any operation of the cluster runs; this kind's record is
-        // then written with compare-and-swap, so of two requests at once only
-        // one starts.
-        let revision = match storage.get_revisioned::<R>(name).await {
+        let previous = match storage.get_revisioned::<R>(name).await {
             Ok(existing) if existing.model.status() == "in_process" => {
                 return Err(RpcError::conflict(format!(
                     "cluster {name} already has a {} in process",
                     request.kind.as_str()
                 )));
             }
-            Ok(existing) => existing.revision,
-            Err(StorageError::NotFound { .. }) => 0,
+            Ok(existing) => Some(existing),
+            Err(StorageError::NotFound { .. }) => None,
             Err(err) => return Err(storage_error(err)),
         };
         if let Some(running) = self.other_running(name, request.kind).await? {
@@ -331,24 +472,118 @@ impl ClusterExec {
         let mut record = R::named(name, &request.version);
         {
             let fields = record.fields();
-            *fields.status = "in_process".into();
             *fields.started_at = timestamp::now();
             *fields.knobs = request.knobs_given.clone();
         }
-        let saved = match storage.save_if(&record, revision).await {
-            Ok(saved) => saved,
-            Err(StorageError::Conflict(_)) => {
-                return Err(RpcError::conflict(format!(
-                    "cluster {name}: another {} started at the same time",
-                    request.kind.as_str()
-                )));
+        self.claim_and_run(request, state, record, previous).await
+    }
+
+    /// Starts an ended operation again over its failed hosts: the failed
+    /// hosts go back to pending (the hosts it had not reached run too; the
+    /// done ones are not touched).
+    pub async fn retry_failed(&self, kind: OpKind, cluster: &str) -> Result<Value, RpcError> {
+        match kind {
+            OpKind::Restart => self.retry_as::<ClusterRestart>(cluster).await,
+            OpKind::Upgrade => self.retry_as::<ClusterUpgrade>(cluster).await,
+            OpKind::Deploy => self.retry_as::<ClusterDeploy>(cluster).await,
+        }
+    }
+
+    async fn retry_as<R: OpRecord>(&self, name: &str) -> Result<Value, RpcError> {
+        let kind = R::KIND.as_str();
+        let existing = match self.inner.storage.get_revisioned::<R>(name).await {
+            Ok(existing) => existing,
+            Err(StorageError::NotFound { .. }) => {
+                return Err(RpcError::not_found(format!("cluster {name} has no {kind} to retry")));
             }
             Err(err) => return Err(storage_error(err)),
         };
-        tracing::info!(cluster = %name, operation = request.kind.as_str(), hosts = cluster.hostset.len(), "operation started");
-        let inner = self.inner.clone();
-        tokio::spawn(async move { inner.drive::<R>(request, state).await });
+        if existing.model.status() == "in_process" {
+            return Err(RpcError::conflict(format!("the {kind} of cluster {name} is still in process")));
+        }
+        let state = progress_of(&existing.model).ok_or_else(|| {
+            RpcError::conflict(format!("the {kind} of cluster {name} has no recorded progress to retry from"))
+        })?;
+        if state.failed() == 0 {
+            return Err(RpcError::conflict(format!("the {kind} of cluster {name} has no failed hosts to retry")));
+        }
+        let state = super::plan::apply(&state, &Knobs::default(), &Observation::RetryFailed)
+            .map_err(|e| RpcError::conflict(format!("the {kind} of cluster {name} cannot be retried: {e}")))?;
+        if let Some(running) = self.other_running(name, R::KIND).await? {
+            return Err(RpcError::conflict(format!("cluster {name} already has a {running} in process")));
+        }
+        let request = request_of(&existing.model).map_err(|e| {
+            RpcError::conflict(format!("the {kind} of cluster {name} has knobs that are no longer valid: {e}"))
+        })?;
+        let mut record = existing.model.clone();
+        *record.fields().control = String::new();
+        tracing::info!(cluster = %name, operation = kind, failed = state.failed(), "retrying the failed hosts");
+        self.claim_and_run(request, state, record, Some(existing)).await
+    }
+
+    /// Writes `record` as the running operation owned by this instance (with
+    /// compare-and-swap against `previous`), checks again that no other kind
+    /// started meanwhile (undoing the write if one did), and runs it.
+    async fn claim_and_run<R: OpRecord>(
+        &self,
+        request: OpRequest,
+        state: OpState,
+        mut record: R,
+        previous: Option<commissaire_core::storage_client::Revisioned<R>>,
+    ) -> Result<Value, RpcError> {
+        let storage = &self.inner.storage;
+        let name = request.cluster.clone();
+        let kind = request.kind.as_str();
+        {
+            let fields = record.fields();
+            *fields.owner = self.inner.instance.clone();
+            *fields.lease_expires_at = self.inner.lease_deadline();
+            mirror(fields, &state);
+        }
+        let revision = previous.as_ref().map_or(0, |p| p.revision);
+        let saved = match storage.save_if(&record, revision).await {
+            Ok(saved) => saved,
+            Err(StorageError::Conflict(_)) => {
+                return Err(RpcError::conflict(format!("cluster {name}: another {kind} started at the same time")));
+            }
+            Err(err) => return Err(storage_error(err)),
+        };
+        // Two kinds started at once each wrote their own record: whoever sees
+        // the other one running steps back, so at most one runs.
+        if let Some(running) = self.other_running(&name, request.kind).await? {
+            self.step_back(&name, &saved, previous).await;
+            return Err(RpcError::conflict(format!("cluster {name}: a {running} started at the same time")));
+        }
+        tracing::info!(cluster = %name, operation = kind, hosts = state.hosts.len(), "operation started");
+        self.inner.publish(request.kind, &name, "started", None, None).await;
+        if self.inner.begin_driving(request.kind, &name) {
+            let inner = self.inner.clone();
+            tokio::spawn(async move { inner.drive::<R>(request, state).await });
+        }
         Ok(saved.to_full_json())
+    }
+
+    /// Undoes the write of `saved`: the previous record back, or none.
+    async fn step_back<R: OpRecord>(
+        &self,
+        name: &str,
+        saved: &R,
+        previous: Option<commissaire_core::storage_client::Revisioned<R>>,
+    ) {
+        let storage = &self.inner.storage;
+        let outcome = match previous {
+            Some(previous) => match storage.get_revisioned::<R>(name).await {
+                Ok(now) if now.model.owner() == saved.owner() => {
+                    storage.save_if(&previous.model, now.revision).await.map(|_| ())
+                }
+                Ok(_) => Ok(()),
+                Err(err) => Err(err),
+            },
+            None => storage.delete::<R>(name).await,
+        };
+        if let Err(err) = outcome {
+            tracing::error!(cluster = %name, error = %err, "cannot undo an operation record written in a race");
+        }
     }
 
     /// The kind of another operation of the cluster in process, if any.
@@ -374,219 +609,86 @@ impl ClusterExec {
     }
 }
 
-fn storage_error(err: StorageError) -> RpcError {
+/// The request an operation's record describes (for a retry or a takeover).
+pub(super) fn request_of<R: OpRecord>(record: &R) -> Result<OpRequest, RpcError> {
+    let mut params = vec![Value::String(record.primary_key().unwrap_or_default().to_string())];
+    if R::KIND == OpKind::Deploy {
+        params.push(Value::String(record.version().to_string()));
+    }
+    params.push(Value::Object(record.knobs().clone()));
+    parse_request(R::KIND, &Value::Array(params))
+}
+
+pub(super) fn storage_error(err: StorageError) -> RpcError {
     RpcError::internal(format!("storage: {err}"))
 }
 
-/// How often a paused operation looks for a resume or an abort.
-const CONTROL_POLL: Duration = Duration::from_millis(300);
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 impl Inner {
-    /// Runs the operation to its end; the record ends `finished` or `failed`.
-    async fn drive<R: OpRecord>(self: Arc<Self>, request: OpRequest, state: OpState) {
-        let name = request.cluster.clone();
-        let state = match self.run_plan::<R>(&request, state).await {
-            Ok(state) => state,
-            Err((mut state, reason)) => {
-                tracing::error!(cluster = %name, operation = request.kind.as_str(), %reason, "operation stopped");
-                state.phase = Phase::Failed { host: None, reason };
-                state
-            }
-        };
-        // The final write: retried, so that the record does not stay in process.
-        let mut delay = Duration::from_millis(200);
-        for attempt in 1..=FINAL_WRITE_ATTEMPTS {
-            match self.write::<R>(&name, &state).await {
-                Ok(()) => {
-                    tracing::info!(cluster = %name, operation = request.kind.as_str(), phase = ?state.phase, "operation ended");
-                    return;
-                }
-                Err(StorageError::NotFound { .. }) => {
-                    tracing::warn!(cluster = %name, operation = request.kind.as_str(), "the operation's record was deleted");
-                    return;
-                }
-                Err(err) => {
-                    tracing::error!(cluster = %name, operation = request.kind.as_str(), attempt, error = %err,
-                        "cannot write the end of the operation");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                }
-            }
+    /// When a lease taken or renewed now runs out.
+    pub(super) fn lease_deadline(&self) -> String {
+        let lease = time::Duration::try_from(self.settings.lease).unwrap_or(time::Duration::seconds(15));
+        timestamp::format(time::OffsetDateTime::now_utc() + lease)
+    }
+
+    /// Marks (kind, cluster) as driven here; false if it already was.
+    pub(super) fn begin_driving(&self, kind: OpKind, cluster: &str) -> bool {
+        self.driving.lock().unwrap_or_else(PoisonError::into_inner).insert((kind, cluster.to_string()))
+    }
+
+    pub(super) fn end_driving(&self, kind: OpKind, cluster: &str) {
+        self.driving.lock().unwrap_or_else(PoisonError::into_inner).remove(&(kind, cluster.to_string()));
+    }
+
+    pub(super) fn is_driving(&self, kind: OpKind, cluster: &str) -> bool {
+        self.driving.lock().unwrap_or_else(PoisonError::into_inner).contains(&(kind, cluster.to_string()))
+    }
+
+    /// Publishes `notify.clusterexec.<operation>.<event>`: what happened to
+    /// the operation or one of its hosts. A lost event is logged; the record
+    /// (and its storage event) is what counts.
+    pub(super) async fn publish(
+        &self,
+        kind: OpKind,
+        cluster: &str,
+        event: &str,
+        host: Option<&str>,
+        reason: Option<&str>,
+    ) {
+        let routing_key = format!("notify.clusterexec.{}.{event}", kind.as_str());
+        let body = json!({
+            "cluster": cluster,
+            "operation": kind.as_str(),
+            "event": event,
+            "host": host,
+            "reason": reason,
+            "instance": self.instance,
+            "at": timestamp::now(),
+        });
+        if let Err(err) = self.bus.publish(&routing_key, &body).await {
+            tracing::warn!(routing_key, error = %err, "could not publish an operation event");
         }
-        tracing::error!(cluster = %name, operation = request.kind.as_str(),
-            "GAVE UP writing the end of the operation: its record still says in_process");
-    }
-
-    /// Writes the state into the record (compare-and-swap).
-    async fn write<R: OpRecord>(&self, name: &str, state: &OpState) -> Result<(), StorageError> {
-        self.storage
-            .update::<R, _, std::convert::Infallible>(name, 16, |record| {
-                mirror(record.fields(), state);
-                Ok(true)
-            })
-            .await
-            .map(|_| ())
-    }
-
-    /// Carries the planner's decisions out until the operation ends. On a
-    /// planner or storage error: the state so far and why.
-    async fn run_plan<R: OpRecord>(
-        self: &Arc<Self>,
-        request: &OpRequest,
-        mut state: OpState,
-    ) -> Result<OpState, (OpState, String)> {
-        let knobs = &request.knobs;
-        let timeout = Duration::from_secs(u64::try_from(knobs.host_timeout_seconds).unwrap_or(1).max(1));
-        let mut running: JoinSet<(String, Result<(), String>)> = JoinSet::new();
-        let mut last_batch: Vec<String> = Vec::new();
-        loop {
-            // What an operator asked through the record (pause, abort, or
-            // nothing: resume a paused operation).
-            let wanted = match self.storage.get::<R>(&request.cluster).await {
-                Ok(record) => record.control().to_string(),
-                Err(e) => return Err((state, format!("storage: {e}"))),
-            };
-            let control = match (wanted.as_str(), &state.phase) {
-                ("abort", Phase::Running | Phase::Paused) => Some(Observation::Abort),
-                ("pause", Phase::Running) => Some(Observation::Pause),
-                ("", Phase::Paused) => Some(Observation::Resume),
-                _ => None,
-            };
-            if let Some(observation) = control {
-                tracing::info!(cluster = %request.cluster, operation = request.kind.as_str(), ?observation, "operator control");
-                state = plan::apply(&state, knobs, &observation).map_err(|e| (state.clone(), e.to_string()))?;
-                self.write::<R>(&request.cluster, &state)
-                    .await
-                    .map_err(|e| (state.clone(), format!("storage: {e}")))?;
-            }
-            let now = now_ms();
-            let decision = plan::next(&state, knobs, now);
-            match &decision {
-                Decision::Start { hosts } => {
-                    state = plan::commit(&state, knobs, &decision, now).map_err(|e| (state.clone(), e.to_string()))?;
-                    // recorded in process before they are touched
-                    self.write::<R>(&request.cluster, &state)
-                        .await
-                        .map_err(|e| (state.clone(), format!("storage: {e}")))?;
-                    for host in hosts {
-                        let (inner, host, request) = (self.clone(), host.clone(), request.clone());
-                        running.spawn(async move {
-                            let outcome = match tokio::time::timeout(timeout, inner.run_host(&request, &host)).await {
-                                Ok(outcome) => outcome,
-                                Err(_) => Err(format!("no outcome within {} seconds", timeout.as_secs())),
-                            };
-                            (host, outcome)
-                        });
-                    }
-                    last_batch = hosts.clone();
-                }
-                Decision::Wait => {
-                    let Some(joined) = running.join_next().await else {
-                        return Err((state, "hosts in process but none running (internal error)".into()));
-                    };
-                    let observation = match joined {
-                        Ok((host, Ok(()))) => {
-                            tracing::info!(cluster = %request.cluster, %host, operation = request.kind.as_str(), "host done");
-                            Observation::HostSucceeded { host }
-                        }
-                        Ok((host, Err(reason))) => {
-                            tracing::warn!(cluster = %request.cluster, %host, operation = request.kind.as_str(), %reason, "host failed");
-                            Observation::HostFailed { host, reason }
-                        }
-                        Err(err) => return Err((state, format!("a host's task ended abnormally: {err}"))),
-                    };
-                    state = plan::apply(&state, knobs, &observation).map_err(|e| (state.clone(), e.to_string()))?;
-                    self.write::<R>(&request.cluster, &state)
-                        .await
-                        .map_err(|e| (state.clone(), format!("storage: {e}")))?;
-                }
-                Decision::WaitSoak { until_ms } => {
-                    state = plan::commit(&state, knobs, &decision, now).map_err(|e| (state.clone(), e.to_string()))?;
-                    tokio::time::sleep(Duration::from_millis(until_ms.saturating_sub(now))).await;
-                }
-                Decision::CheckHealth => {
-                    let observation = match self.healthy(&last_batch).await {
-                        Ok(()) => Observation::HealthGatePassed,
-                        Err(reason) => Observation::HealthGateFailed { reason },
-                    };
-                    state = plan::apply(&state, knobs, &observation).map_err(|e| (state.clone(), e.to_string()))?;
-                }
-                Decision::Finish | Decision::Fail { .. } | Decision::EndAborted => {
-                    state = plan::commit(&state, knobs, &decision, now).map_err(|e| (state.clone(), e.to_string()))?;
-                    return Ok(state);
-                }
-                // Paused: nothing starts until an operator resumes or aborts.
-                Decision::Idle if state.phase == Phase::Paused => {
-                    tokio::time::sleep(CONTROL_POLL).await;
-                }
-                Decision::Idle => return Ok(state),
-            }
-        }
-    }
-
-    /// The health gate: every host of the last batch that is done answers over SSH.
-    async fn healthy(&self, hosts: &[String]) -> Result<(), String> {
-        for address in hosts {
-            let target = self.target(address).await?.0;
-            let output =
-                self.ssh.run(&target, &Command::script("true")).await.map_err(|e| format!("{address}: {e}"))?;
-            if !output.success() {
-                return Err(format!("{address}: the health check failed"));
-            }
-        }
-        Ok(())
-    }
-
-    async fn target(&self, address: &str) -> Result<(crate::transport::HostTarget, Host), String> {
-        let host = self.storage.get::<Host>(address).await.map_err(|e| format!("host record: {e}"))?;
-        let creds = match self.storage.get::<HostCreds>(address).await {
-            Ok(creds) => creds,
-            Err(StorageError::NotFound { .. }) => return Err("the host has no credentials".into()),
-            Err(err) => return Err(format!("credentials unavailable: {err}")),
-        };
-        Ok((host_target(&host, &creds)?, host))
-    }
-
-    /// Runs the operation on one host.
-    async fn run_host(&self, request: &OpRequest, address: &str) -> Result<(), String> {
-        let (target, host) = self.target(address).await?;
-        let mut reboot_vars = Map::new();
-        reboot_vars.insert("commissaire_reboot_timeout".into(), json!(request.knobs.host_timeout_seconds));
-        let fail = |e: PlaybookError| format!("{} failed: {e}", request.kind.as_str());
-        tracing::info!(cluster = %request.cluster, host = %address, operation = request.kind.as_str(), "host started");
-        match request.kind {
-            OpKind::Restart => {
-                self.runner.run(&self.playbooks.restart, &target, reboot_vars).await.map_err(fail)?;
-            }
-            OpKind::Upgrade => {
-                let vars = OsSupport::for_os(&host.os).map_err(|e| format!("cannot upgrade: {e}"))?.vars();
-                self.runner.run(&self.playbooks.upgrade, &target, vars).await.map_err(fail)?;
-            }
-            OpKind::Deploy => {
-                let mut vars = Map::new();
-                vars.insert("commissaire_deploy_version".into(), json!(request.version));
-                self.runner.run(&self.playbooks.deploy, &target, vars).await.map_err(fail)?;
-                // boot the deployed version
-                self.runner
-                    .run(&self.playbooks.restart, &target, reboot_vars)
-                    .await
-                    .map_err(|e| format!("restart after the deploy failed: {e}"))?;
-            }
-        }
-        Ok(())
     }
 }
 
 #[async_trait]
 impl Handler for ClusterExec {
     async fn call(&self, method: &str, params: Value) -> Result<Value, RpcError> {
+        if method == "retry_failed" {
+            let (cluster, kind) = params
+                .as_array()
+                .and_then(|items| match items.as_slice() {
+                    [Value::String(cluster), Value::String(kind)] => {
+                        Some((cluster.clone(), OpKind::from_method(kind)?))
+                    }
+                    _ => None,
+                })
+                .ok_or_else(|| {
+                    RpcError::invalid_params(
+                        "params must be [cluster, operation] (operation: restart, upgrade or deploy)",
+                    )
+                })?;
+            return self.retry_failed(kind, &cluster).await;
+        }
         let kind = OpKind::from_method(method).ok_or_else(|| RpcError::method_not_found(method))?;
         let request = parse_request(kind, &params)?;
         self.start(request).await
@@ -596,6 +698,7 @@ impl Handler for ClusterExec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clusterexec::plan;
 
     #[test]
     fn requests_are_checked_and_knobs_named() {
@@ -633,5 +736,37 @@ mod tests {
         assert!(record.in_process.is_empty() && record.restarted.is_empty());
         assert!(record.reason.starts_with("a: "), "{}", record.reason);
         assert!(record.finished_at.is_some());
+    }
+
+    #[test]
+    fn the_record_keeps_the_progress_a_successor_resumes_from() {
+        let knobs = Knobs::default();
+        let state = OpState::new(["a", "b"]).expect("state");
+        let start = plan::next(&state, &knobs, 7);
+        let state = plan::commit(&state, &knobs, &start, 7).expect("commit");
+        let state = plan::apply(&state, &knobs, &Observation::BootIdSeen { host: "a".into(), boot_id: "b-1".into() })
+            .expect("boot id");
+        let mut record = ClusterDeploy::named("c", "7.1");
+        mirror(record.fields(), &state);
+        let resumed = progress_of(&record).expect("progress");
+        assert_eq!(resumed, state);
+        assert_eq!(resumed.host("a").and_then(|e| e.boot_id.clone()), Some("b-1".into()));
+        let request = request_of(&record).expect("request");
+        assert_eq!((request.kind, request.cluster.as_str(), request.version.as_str()), (OpKind::Deploy, "c", "7.1"));
+        // a record without progress (written before it was kept) is not resumable
+        assert_eq!(progress_of(&ClusterRestart::named("c", "")), None);
+    }
+
+    #[test]
+    fn settings_have_defaults_and_refuse_nonsense() {
+        let members = |v: Value| v.as_object().cloned().expect("object");
+        assert_eq!(settings_from_config(&members(json!({}))).expect("defaults"), Settings::default());
+        let set = settings_from_config(&members(json!({"lease_seconds": 3, "reboot_grace_seconds": 1.5}))).expect("ok");
+        assert_eq!((set.lease, set.reboot_grace), (Duration::from_secs(3), Duration::from_millis(1500)));
+        assert_eq!(set.renew_every(), Duration::from_secs(1));
+        for bad in [json!({"lease_seconds": 0}), json!({"lease_seconds": "x"}), json!({"reboot_grace_seconds": -1})] {
+            let err = settings_from_config(&members(bad.clone())).expect_err("refused");
+            assert!(err.to_string().contains("seconds"), "{bad}: {err}");
+        }
     }
 }

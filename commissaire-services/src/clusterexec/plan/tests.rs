@@ -225,6 +225,32 @@ fn retry_failed_runs_only_the_failed_hosts_again() {
 }
 
 #[test]
+fn retry_failed_also_follows_a_finish_within_the_budget_and_boot_ids_are_per_attempt() {
+    let knobs = knobs(json!({"failure_budget": 1}));
+    let (_, state) = start(&OpState::new(hosts(2)).expect("state"), &knobs, 0);
+    let state = observe(&state, &knobs, Observation::BootIdSeen { host: "h0".into(), boot_id: "one".into() });
+    assert_eq!(state.host("h0").and_then(|e| e.boot_id.clone()), Some("one".into()));
+    assert!(matches!(
+        apply(&state, &knobs, &Observation::BootIdSeen { host: "h1".into(), boot_id: "x".into() }),
+        Err(PlanError::HostNotInProcess { .. })
+    ));
+    let state = observe(&state, &knobs, failed("h0"));
+    let (_, state) = start(&state, &knobs, 1);
+    let state = observe(&state, &knobs, ok("h1"));
+    let state = commit(&state, &knobs, &next(&state, &knobs, 2), 2).expect("commit");
+    assert_eq!(state.phase, Phase::Finished);
+    let state = observe(&state, &knobs, Observation::RetryFailed);
+    let (started, state) = start(&state, &knobs, 3);
+    assert_eq!(started, ["h0"]);
+    // a new attempt: the boot id of the last one is gone
+    assert_eq!(state.host("h0").map(|e| (e.attempts, e.boot_id.clone())), Some((2, None)));
+    // a finish without failures has nothing to retry
+    let state = observe(&state, &knobs, ok("h0"));
+    let state = commit(&state, &knobs, &next(&state, &knobs, 4), 4).expect("commit");
+    assert!(matches!(apply(&state, &knobs, &Observation::RetryFailed), Err(PlanError::NotAllowed { .. })));
+}
+
+#[test]
 fn soak_and_health_gate_come_between_batches_only() {
     let knobs = knobs(json!({"soak_seconds": 10, "health_gate": true}));
     let state = OpState::new(hosts(2)).expect("state");
