@@ -142,7 +142,7 @@ pub enum OperationCmd {
     Resume { name: String },
     /// Aborts it: hosts in process finish, nothing else starts.
     Abort { name: String },
-    /// Runs it again over the hosts that failed in the last run only.
+    /// Runs it again: failed hosts are tried again, hosts not reached run too, done ones are left.
     #[command(name = "retry-failed")]
     RetryFailed {
         name: String,
@@ -179,7 +179,7 @@ pub enum DeployCmd {
     Resume { name: String },
     /// Aborts it.
     Abort { name: String },
-    /// Deploys again on the hosts that failed in the last run only.
+    /// Runs it again: failed hosts are tried again, hosts not reached run too, done ones are left.
     #[command(name = "retry-failed")]
     RetryFailed {
         name: String,

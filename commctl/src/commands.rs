@@ -55,6 +55,20 @@ impl Ctx {
         }
     }
 
+    /// An operation record: in a table, without its internal `progress`
+    /// (the per-host state the cluster exec service resumes from; shown by
+    /// `-o json|yaml`).
+    pub fn emit_record(&self, value: &Value) {
+        match (self.format, value) {
+            (Format::Table, Value::Object(map)) => {
+                let mut shown = map.clone();
+                shown.remove("progress");
+                self.emit(&Value::Object(shown), None);
+            }
+            _ => self.emit(value, None),
+        }
+    }
+
     /// A confirmation for people; the value itself for JSON and YAML.
     fn done(&self, message: &str, value: &Value) {
         match self.format {
@@ -310,7 +324,7 @@ async fn start_operation(ctx: &Ctx, kind: OpKind, name: &str, body: Map<String, 
     if watch {
         return crate::watch::watch(ctx, kind, name).await;
     }
-    ctx.emit(&record, None);
+    ctx.emit_record(&record);
     Ok(())
 }
 
@@ -326,7 +340,7 @@ async fn operation(ctx: &Ctx, kind: OpKind, cmd: OperationCmd) -> Result<()> {
                 return crate::watch::watch(ctx, kind, &name).await;
             }
             let value = ctx.client().await?.get(&format!("/api/v0/cluster/{name}/{op}")).await?;
-            ctx.emit(&value, None);
+            ctx.emit_record(&value);
             Ok(())
         }
         OperationCmd::Pause { name } => control(ctx, kind, &name, "pause").await,
@@ -338,7 +352,7 @@ async fn operation(ctx: &Ctx, kind: OpKind, cmd: OperationCmd) -> Result<()> {
             if watch {
                 return crate::watch::watch(ctx, kind, &name).await;
             }
-            ctx.emit(&record, None);
+            ctx.emit_record(&record);
             Ok(())
         }
     }
@@ -348,7 +362,7 @@ async fn operation(ctx: &Ctx, kind: OpKind, cmd: OperationCmd) -> Result<()> {
 async fn control(ctx: &Ctx, kind: OpKind, name: &str, verb: &str) -> Result<()> {
     check_name("cluster", name)?;
     let record = ctx.client().await?.put(&format!("/api/v0/cluster/{name}/{}/{verb}", kind.name()), None).await?;
-    ctx.emit(&record, None);
+    ctx.emit_record(&record);
     Ok(())
 }
 

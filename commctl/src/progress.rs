@@ -86,6 +86,9 @@ pub struct Progress {
     pub record: Value,
     /// Host statuses from `Host` events.
     pub host_status: BTreeMap<String, String>,
+    /// The last event of the cluster exec service about this operation
+    /// (`host_done 10.0.0.7`, `taken_over`, …).
+    pub last_event: Option<String>,
 }
 
 fn strings(value: Option<&Value>) -> Vec<String> {
@@ -113,7 +116,7 @@ pub fn format_elapsed(seconds: i64) -> String {
 
 impl Progress {
     pub fn new(kind: OpKind, cluster: &str, hostset: Vec<String>, record: Value) -> Self {
-        Self { kind, cluster: cluster.to_string(), hostset, record, host_status: BTreeMap::new() }
+        Self { kind, cluster: cluster.to_string(), hostset, record, host_status: BTreeMap::new(), last_event: None }
     }
 
     pub fn status(&self) -> &str {
@@ -150,6 +153,21 @@ impl Progress {
             let changed = *document != self.record;
             self.record = document.clone();
             return changed;
+        }
+        if model == "clusterexec" {
+            let operation = document.get("operation").and_then(Value::as_str);
+            let cluster = document.get("cluster").and_then(Value::as_str);
+            if operation != Some(self.kind.name()) || cluster != Some(self.cluster.as_str()) {
+                return false;
+            }
+            let mut text = document.get("event").and_then(Value::as_str).unwrap_or("event").to_string();
+            for key in ["host", "reason"] {
+                if let Some(value) = document.get(key).and_then(Value::as_str).filter(|v| !v.is_empty()) {
+                    text.push(' ');
+                    text.push_str(value);
+                }
+            }
+            return self.last_event.replace(text.clone()) != Some(text);
         }
         if model == "Host" {
             let Some(address) = document.get("address").and_then(Value::as_str) else { return false };
@@ -259,6 +277,9 @@ impl Progress {
             let header = ["HOST", "STATE", "HOST STATUS"].map(String::from);
             lines.extend(crate::output::columns_text(&header, &rows).lines().map(|l| format!("  {l}")));
         }
+        if let Some(event) = &self.last_event {
+            lines.push(format!("last event: {event}"));
+        }
         if let Some(reason) = self.record.get("reason").and_then(Value::as_str).filter(|r| !r.is_empty()) {
             lines.push(format!("reason: {reason}"));
         }
@@ -321,6 +342,17 @@ mod tests {
         assert!(text.contains("restart of cluster prod: in_process (running), elapsed 0:07"), "{text}");
         assert!(text.contains("a     in process  active"), "{text}");
         assert!(text.contains("c     pending     -"), "{text}");
+    }
+
+    #[test]
+    fn operation_events_show_as_the_last_event() {
+        let mut p = progress();
+        assert!(p.apply(&event(json!({"model": "clusterexec", "event": "restart.host_done", "cluster": "prod",
+            "document": {"cluster": "prod", "operation": "restart", "event": "host_done", "host": "a", "reason": null}}))));
+        assert!(!p.apply(&event(json!({"model": "clusterexec", "event": "upgrade.host_done", "cluster": "prod",
+            "document": {"cluster": "prod", "operation": "upgrade", "event": "host_done", "host": "b"}}))));
+        let now = parse_timestamp("2026-11-22T10:00:07.000000").expect("time");
+        assert!(p.render(now).contains(&"last event: host_done a".to_string()), "{:?}", p.render(now));
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! its hosts updates the display. On a terminal the display is redrawn in
 //! place every second (elapsed time); otherwise a new block is printed each
 //! time something changed. When the stream breaks it is opened again and the
-//! record re-read (also after 45 s without even a keep-alive). A server
+//! record re-read (also after 45 s without even a keep-alive, and after an
+//! `event: lagged`, which says events were dropped for this reader). A server
 //! without the event stream (404) is polled every
 //! second instead. The watch ends when the record's status is no longer
 //! `in_process`.
@@ -32,7 +33,7 @@ pub const STREAM_SILENCE: Duration = Duration::from_secs(45);
 
 /// The events path for one cluster's operation.
 pub fn events_path(kind: OpKind, cluster: &str) -> String {
-    format!("/api/v0/events?cluster={cluster}&models={},Host,Cluster", kind.model())
+    format!("/api/v0/events?cluster={cluster}&models={},Host,Cluster,clusterexec", kind.model())
 }
 
 /// Draws the display: in place on a terminal, block by block elsewhere.
@@ -67,7 +68,17 @@ impl Display {
             self.drawn_lines = lines.len();
         } else {
             // Elapsed time alone is no reason to print again.
-            let without_time: Vec<String> = lines.iter().skip(1).cloned().collect();
+            let without_time: Vec<String> = lines
+                .iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    if i == 0 {
+                        l.rsplit_once(", elapsed").map_or(l.as_str(), |(h, _)| h).to_string()
+                    } else {
+                        l.clone()
+                    }
+                })
+                .collect();
             if !force && without_time == self.last_block {
                 return;
             }
@@ -170,8 +181,17 @@ pub async fn watch(ctx: &Ctx, kind: OpKind, cluster: &str) -> Result<()> {
                     failures = 0;
                     if let Some(data) = frame.data_ref() {
                         let mut changed = false;
+                        let mut lagged = false;
                         for event in parser.push(data) {
+                            lagged |= event.event == "lagged";
                             changed |= progress.apply(&event);
+                        }
+                        if lagged {
+                            // Events were dropped for this slow reader: read the state again.
+                            let (record, _, statuses) = read_state(client, kind, cluster).await?;
+                            progress.record = record;
+                            progress.host_status.extend(statuses);
+                            changed = true;
                         }
                         if changed {
                             display.show(&progress, false);

@@ -1,6 +1,6 @@
 //! `status --watch` on the event stream, against a stand-in of the server's
-//! `GET /api/v0/events` (the real endpoint is exercised by the features
-//! suite once the server has it): the stream is read as events arrive, a
+//! `GET /api/v0/events` that breaks its stream on purpose (the real endpoint
+//! is exercised by the features suite): the stream is read as events arrive, a
 //! broken stream is opened again and the record re-read, the watch ends with
 //! the operation, and a failed operation exits 1.
 

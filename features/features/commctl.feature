@@ -131,3 +131,24 @@ Feature: commctl
     When I run commctl "cluster restart abort $cluster"
     Then commctl exits with 1
     And commctl's errors mention "HTTP 409"
+
+  @hosts
+  Scenario: A restart failed by a host that is down, retried through commctl once it is back
+    Given a test host $h1
+    And a test host $h2
+    When I run commctl "cluster create $cluster"
+    And I run commctl "host create --cluster $cluster $h1 $TEST_KEY_FILE"
+    And I run commctl "host create --cluster $cluster $h2 $TEST_KEY_FILE"
+    Then within 120 seconds commctl "host get $h1 -o json" has "disassociated" at "/status"
+    And within 120 seconds commctl "host get $h2 -o json" has "disassociated" at "/status"
+    When the test host $h2 goes down
+    And I run commctl "cluster restart start $cluster --host-timeout-seconds 20 --watch"
+    Then commctl exits with 1
+    And commctl prints "restart of cluster $cluster: failed"
+    And commctl prints "done 1, in process 0, failed 1, pending 0"
+    And commctl's errors mention "$h2"
+    When the test host $h2 comes back
+    And I run commctl "cluster restart retry-failed $cluster --watch"
+    Then commctl succeeds
+    And commctl prints "restart of cluster $cluster: finished"
+    And commctl prints "done 2, in process 0, failed 0, pending 0"
