@@ -512,3 +512,31 @@ async fn a_killed_instance_s_restart_is_finished_by_another_with_each_host_reboo
     }
     assert!(most <= 2, "{most} hosts were down at the same time");
 }
+
+#[tokio::test]
+async fn two_kinds_started_at_the_same_instant_never_both_run() {
+    let _one = LOCK.lock().await;
+    let fx = fixture().await;
+    for round in 0..20 {
+        let name = format!("race-{round}");
+        // a member without a host record: an operation that starts fails fast, touching nothing
+        let mut cluster = Cluster::new(&name);
+        cluster.hostset = vec!["127.0.0.250".into()];
+        fx.storage.save(&cluster).await.expect("cluster");
+        let timeout = Duration::from_secs(30);
+        let (restart, upgrade) = tokio::join!(
+            fx.bus.request("jobs.clusterexec.restart", json!([name]), timeout),
+            fx.bus.request("jobs.clusterexec.upgrade", json!([name]), timeout),
+        );
+        assert!(!(restart.is_ok() && upgrade.is_ok()), "round {round}: both started");
+        for refused in [&restart, &upgrade].into_iter().filter_map(|r| r.as_ref().err()) {
+            let text = refused.to_string();
+            assert!(text.contains("in process") || text.contains("same time"), "round {round}: {text}");
+        }
+        // a kind that stepped back left no record of its own behind
+        let restart_record = fx.storage.find::<ClusterRestart>(&name).await.expect("storage");
+        assert_eq!(restart_record.is_some(), restart.is_ok(), "round {round}: {restart_record:?}");
+        let upgrade_record = fx.storage.find::<ClusterUpgrade>(&name).await.expect("storage");
+        assert_eq!(upgrade_record.is_some(), upgrade.is_ok(), "round {round}: {upgrade_record:?}");
+    }
+}

@@ -163,3 +163,19 @@ Feature: Cluster operations
     When I PUT /api/v0/cluster/$cluster/restart/retry-failed
     Then the response status is 409
     And the error message mentions "no failed hosts"
+
+  @hosts
+  Scenario: Restarts started at the same time: one runs, the others are refused
+    Given I have created /api/v0/cluster/$cluster
+    And a test host $h
+    When I PUT /api/v0/host/$h with:
+      """
+      {"ssh_priv_key": "$TEST_KEY", "cluster": "$cluster"}
+      """
+    Then within 60 seconds host $h has status "disassociated"
+    When 5 clients PUT /api/v0/cluster/$cluster/restart at the same time with:
+      """
+      {}
+      """
+    Then exactly 1 of the responses has status 201 and the others 409
+    And within 300 seconds GET /api/v0/cluster/$cluster/restart has "finished" at "/status"
