@@ -4,5 +4,6 @@
 //! `features/`.
 
 pub mod client;
+pub mod commctl;
 pub mod stack;
 pub mod test_hosts;

@@ -25,6 +25,9 @@ use cucumber::{World as _, gherkin::Step, given, then, when, writer};
 use hyper::Method;
 use serde_json::Value;
 
+#[path = "steps/commctl.rs"]
+mod commctl_steps;
+
 /// The stack the scenarios of the current run talk to.
 #[derive(Debug)]
 struct Target {
@@ -70,6 +73,8 @@ struct ApiWorld {
     stopped: Vec<String>,
     /// The event stream the scenario follows.
     events: Option<EventStream>,
+    /// commctl runs (`commctl_steps`).
+    commctl: commctl_steps::State,
 }
 
 impl Drop for ApiWorld {
@@ -106,6 +111,7 @@ impl ApiWorld {
             leases: Vec::new(),
             stopped: Vec::new(),
             events: None,
+            commctl: Default::default(),
         }
     }
 
