@@ -7,7 +7,8 @@
 //! `knobs` holds the rollout knobs the operation was started with, `phase` says
 //! where a running operation is (`running`, `paused`, `aborting`, then
 //! `finished`, `failed` or `aborted`), and `control` is what an operator asked
-//! of it (`pause`, `abort`, or empty to let it run).
+//! of it (`pause`, `abort`, or empty to let it run), and `cordoned` lists the
+//! Kubernetes nodes the operation cordoned and has not uncordoned yet.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -65,6 +66,10 @@ pub struct ClusterDeploy {
     /// Where the operation is (see [`OPERATION_PHASES`]).
     #[serde(default)]
     pub phase: String,
+    /// Nodes (host addresses) this operation cordoned and has not uncordoned
+    /// yet: written before the cordon, cleared after the uncordon.
+    #[serde(default)]
+    pub cordoned: Vec<String>,
 }
 
 impl Model for ClusterDeploy {
@@ -82,6 +87,7 @@ impl Model for ClusterDeploy {
         Field::optional("knobs", Kind::Dict),
         Field::optional("control", Kind::Str),
         Field::optional("phase", Kind::Str),
+        Field::optional("cordoned", Kind::StrList),
     ];
 
     fn primary_key(&self) -> Option<&str> {
@@ -125,6 +131,10 @@ pub struct ClusterRestart {
     /// Where the operation is (see [`OPERATION_PHASES`]).
     #[serde(default)]
     pub phase: String,
+    /// Nodes (host addresses) this operation cordoned and has not uncordoned
+    /// yet: written before the cordon, cleared after the uncordon.
+    #[serde(default)]
+    pub cordoned: Vec<String>,
 }
 
 impl Model for ClusterRestart {
@@ -141,6 +151,7 @@ impl Model for ClusterRestart {
         Field::optional("knobs", Kind::Dict),
         Field::optional("control", Kind::Str),
         Field::optional("phase", Kind::Str),
+        Field::optional("cordoned", Kind::StrList),
     ];
 
     fn primary_key(&self) -> Option<&str> {
@@ -181,6 +192,10 @@ pub struct ClusterUpgrade {
     /// Where the operation is (see [`OPERATION_PHASES`]).
     #[serde(default)]
     pub phase: String,
+    /// Nodes (host addresses) this operation cordoned and has not uncordoned
+    /// yet: written before the cordon, cleared after the uncordon.
+    #[serde(default)]
+    pub cordoned: Vec<String>,
 }
 
 impl Model for ClusterUpgrade {
@@ -197,6 +212,7 @@ impl Model for ClusterUpgrade {
         Field::optional("knobs", Kind::Dict),
         Field::optional("control", Kind::Str),
         Field::optional("phase", Kind::Str),
+        Field::optional("cordoned", Kind::StrList),
     ];
 
     fn primary_key(&self) -> Option<&str> {

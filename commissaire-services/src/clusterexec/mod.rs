@@ -57,5 +57,6 @@
 //!   ends a soak, a gate or the operation, so a driver that carries decisions
 //!   out reaches an ended phase in a number of steps linear in the hosts.
 
+pub mod nodes;
 pub mod plan;
 pub mod service;

@@ -263,6 +263,7 @@ pub fn parse_request(kind: OpKind, params: &Value) -> Result<OpRequest, RpcError
     let knobs: Knobs = serde_json::from_value(Value::Object(knobs_given.clone()))
         .map_err(|e| RpcError::invalid_params(format!("knobs: {e}")))?;
     knobs.validate().map_err(|e| RpcError::invalid_params(e.to_string()))?;
+    super::nodes::NodeKnobs::from_knobs(&knobs_given).map_err(RpcError::invalid_params)?;
     Ok(OpRequest { kind, cluster, version, knobs, knobs_given })
 }
 
@@ -400,6 +401,8 @@ impl Inner {
                 state
             }
         };
+        // No node is left cordoned that was not before the operation.
+        super::nodes::restore(&self.storage, request.kind, &name).await;
         // The final write: retried, so that the record does not stay in process.
         let mut delay = Duration::from_millis(200);
         for attempt in 1..=FINAL_WRITE_ATTEMPTS {
@@ -561,6 +564,11 @@ impl Inner {
         reboot_vars.insert("commissaire_reboot_timeout".into(), json!(request.knobs.host_timeout_seconds));
         let fail = |e: PlaybookError| format!("{} failed: {e}", request.kind.as_str());
         tracing::info!(cluster = %request.cluster, host = %address, operation = request.kind.as_str(), "host started");
+        // managed cluster: cordon and drain the node first (see nodes.rs)
+        let nodes =
+            super::nodes::HostNodes::prepare(&self.storage, request.kind, &request.cluster, &request.knobs_given)
+                .await?;
+        nodes.before(address).await?;
         match request.kind {
             OpKind::Restart => {
                 self.runner.run(&self.playbooks.restart, &target, reboot_vars).await.map_err(fail)?;
@@ -580,6 +588,8 @@ impl Inner {
                     .map_err(|e| format!("restart after the deploy failed: {e}"))?;
             }
         }
+        // node Ready, then uncordoned
+        nodes.after(address).await?;
         Ok(())
     }
 }
