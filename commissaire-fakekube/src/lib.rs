@@ -155,6 +155,12 @@ pub struct FakeKube {
     accept: tokio::task::JoinHandle<()>,
 }
 
+impl std::fmt::Debug for FakeKube {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeKube").field("addr", &self.addr).finish_non_exhaustive()
+    }
+}
+
 impl Drop for FakeKube {
     fn drop(&mut self) {
         self.accept.abort();
@@ -224,6 +230,13 @@ impl FakeKube {
         let mut state = self.state();
         let node = state.new_node(name, None);
         state.nodes.insert(name.to_string(), node);
+    }
+
+    /// Removes a node and the pods on it (a fresh start for a reused name).
+    pub fn forget_node(&self, name: &str) {
+        let mut state = self.state();
+        state.nodes.remove(name);
+        state.pods.retain(|p| p.node != name);
     }
 
     /// The node's current object.
