@@ -65,7 +65,7 @@ Feature: Kubernetes container managers
     And the fake Kubernetes API has no node $h
 
   @hosts
-  Scenario: A rolling restart cordons, drains, waits for Ready and uncordons each node in turn
+  Scenario: A rolling restart cordons, drains, waits for Ready and uncordons each node in turn; deleting the cluster removes only its nodes
     Given a kubernetes container manager $cm on the fake Kubernetes API
     And I have created /api/v0/cluster/$cluster with:
       """
@@ -96,6 +96,12 @@ Feature: Kubernetes container managers
     And the node $a is schedulable in the fake Kubernetes API
     And the node $b is schedulable in the fake Kubernetes API
     And the pod $web is gone from the node $a
+    And the fake Kubernetes API also has a node $elsewhere
+    When I DELETE /api/v0/cluster/$cluster
+    Then the response status is 200
+    And the fake Kubernetes API has no node $a
+    And the fake Kubernetes API has no node $b
+    And the fake Kubernetes API has the node $elsewhere
 
   @hosts
   Scenario: A drain blocked by a disruption budget with policy force deletes the pod

@@ -676,6 +676,12 @@ async fn kube_has_node(w: &mut ApiWorld, which: String, name: String) {
     assert_eq!(present, which == "the", "node {node} in {:?}", w.target.kube.node_names());
 }
 
+#[given(regex = r"^the fake Kubernetes API also has a node (\$\w+)$")]
+#[then(regex = r"^the fake Kubernetes API also has a node (\$\w+)$")]
+async fn kube_other_node(w: &mut ApiWorld, name: String) {
+    w.target.kube.add_node(&node_name(w, &name));
+}
+
 #[given(regex = r"^the fake Kubernetes API has the pod (\$\w+) on the node (\$\w+)$")]
 async fn kube_pod(w: &mut ApiWorld, pod: String, name: String) {
     let (pod, node) = (w.expand(&pod), node_name(w, &name));
