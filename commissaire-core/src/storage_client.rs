@@ -48,6 +48,11 @@ impl StorageClient {
         Self { bus, timeout: crate::bus::DEFAULT_TIMEOUT }
     }
 
+    /// The bus this client talks over (for callers that also call other services).
+    pub fn bus(&self) -> &Arc<dyn Bus> {
+        &self.bus
+    }
+
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self

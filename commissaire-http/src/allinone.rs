@@ -84,6 +84,7 @@ pub async fn start(data_dir: &Path, configured_plugins: Vec<PluginSpec>, options
     let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
     let storage_service = Arc::new(StorageService::new(handlers, key, bus.clone()));
     let containermgr_service = Arc::new(ContainerManagerService::new(bus.clone()));
+    containermgr_service.watch().await?;
     let mut services = vec![
         bus.serve(storage::QUEUE, storage::PATTERNS, storage_service, ServeOptions::default()).await?,
         bus.serve(containermgr::QUEUE, containermgr::PATTERNS, containermgr_service, ServeOptions::default()).await?,

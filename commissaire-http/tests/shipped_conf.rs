@@ -68,3 +68,25 @@ fn storage_configurations_parse() {
         commissaire_services::storage::handlers::parse(config.get("storage_handlers")).expect("handlers");
     }
 }
+
+#[tokio::test]
+async fn kubernetes_examples_parse() {
+    let flags = Flags::parse_from(["commissaire-server", "-c", &format!("{CONF}/commissaire-kubernetes.conf")]);
+    let settings = flags.resolve().expect("commissaire-kubernetes.conf resolves");
+    let names: Vec<&str> = settings.plugins.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["httpbasicauth", "kubetokenreview"]);
+    // the users file of the example is not installed here: check the review plugin alone
+    let auth = Authenticator::new(vec![settings.plugins[1].clone()]).expect("the kubetokenreview plugin builds");
+    assert_eq!(auth.plugin_names(), ["kubetokenreview"]);
+
+    let text = std::fs::read_to_string(format!("{CONF}/containermanager-kubernetes.json")).expect("read");
+    let mut body: serde_json::Value = serde_json::from_str(&text).expect("json");
+    body["name"] = json!("example");
+    let config = <commissaire_core::model::ContainerManagerConfig as commissaire_core::model::Model>::from_json(
+        &body,
+        commissaire_core::model::Unknown::Reject,
+    )
+    .expect("a valid manager");
+    let options = commissaire_services::containermgr::KubeOptions::from_options(&config.options).expect("options");
+    assert!(!options.insecure_skip_tls_verify);
+}

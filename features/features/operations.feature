@@ -106,6 +106,9 @@ Feature: Cluster operations
       | {"soak_seconds": "soon"}      | soak_seconds         |
       | {"host_timeout_seconds": 0}   | host_timeout_seconds |
       | {"health_gate": "yes"}        | health_gate          |
+      | {"drain_policy": "later"}     | drain_policy         |
+      | {"drain_timeout_seconds": -1} | drain_timeout_seconds |
+      | {"node_ready_timeout_seconds": "soon"} | node_ready_timeout_seconds |
 
   Scenario: Operation routes take no trailing slash
     Given I have created /api/v0/cluster/$cluster

@@ -237,7 +237,9 @@ impl Stack {
     /// The multi-process deployment: storage service on etcd, REST server, on
     /// AMQP; with `host_services`, also the investigator, cluster exec and
     /// watcher services.
-    pub async fn multi_process(bins: &Binaries, host_services: bool) -> anyhow::Result<Self> {
+    /// `extra_auth`: more `--authentication-plugin` arguments, tried after
+    /// HTTP Basic (e.g. `kubetokenreview:server_url=…`).
+    pub async fn multi_process(bins: &Binaries, host_services: bool, extra_auth: &[String]) -> anyhow::Result<Self> {
         let amqp = env("COMMISSAIRE_AMQP_URL")?;
         let etcd = env("COMMISSAIRE_ETCD_URL")?;
         let run = uuid::Uuid::new_v4().simple().to_string();
@@ -299,6 +301,9 @@ impl Stack {
                 .args(["--listen-interface", "127.0.0.1", "--listen-port", &port.to_string()])
                 .arg("--authentication-plugin")
                 .arg(format!("httpbasicauth:filepath={}", users.display()));
+            for plugin in extra_auth {
+                server.arg("--authentication-plugin").arg(plugin);
+            }
             match stack.start_server(server, port).await {
                 Ok(()) => return Ok(stack),
                 Err(err) if attempts < 3 && err.to_string().contains("cannot listen") => continue,
@@ -309,7 +314,7 @@ impl Stack {
 
     /// The all-in-one deployment: one `commissaire-server --all-in-one`, with
     /// `--no-host-services` unless `host_services`.
-    pub async fn all_in_one(bins: &Binaries, host_services: bool) -> anyhow::Result<Self> {
+    pub async fn all_in_one(bins: &Binaries, host_services: bool, extra_auth: &[String]) -> anyhow::Result<Self> {
         let mut stack = Self::prepare(if host_services {
             "commissaire-server --all-in-one (in-process bus, embedded store; watcher interval 1 s)"
         } else {
@@ -333,6 +338,9 @@ impl Stack {
                 .args(if host_services { &[][..] } else { &["--no-host-services"][..] })
                 .arg("--authentication-plugin")
                 .arg(format!("httpbasicauth:filepath={}", users.display()));
+            for plugin in extra_auth {
+                server.arg("--authentication-plugin").arg(plugin);
+            }
             match stack.start_server(server, port).await {
                 Ok(()) => return Ok(stack),
                 Err(err) if attempts < 3 && err.to_string().contains("cannot listen") => continue,

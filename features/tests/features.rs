@@ -16,6 +16,7 @@ use std::{
     time::Instant,
 };
 
+use commissaire_fakekube::{EvictionBlock, FakeKube};
 use commissaire_features::{
     client::{Body, Client, EventStream, Request, Response},
     stack::{ADMIN, Binaries, Stack},
@@ -35,6 +36,8 @@ struct Target {
     users: std::collections::BTreeMap<String, String>,
     /// The sshd test hosts, for the `@hosts` scenarios.
     hosts: Option<Arc<TestHosts>>,
+    /// The fake Kubernetes API of the run (container managers, TokenReview).
+    kube: Arc<FakeKube>,
 }
 
 /// Scenarios tagged `@hosts` (on the feature or the scenario) need real test
@@ -52,6 +55,7 @@ fn current_target() -> Arc<Target> {
 enum Auth {
     Anonymous,
     Basic(String, String),
+    Bearer(String),
 }
 
 #[derive(Debug, cucumber::World)]
@@ -75,6 +79,8 @@ struct ApiWorld {
     events: Option<EventStream>,
     /// commctl runs (`commctl_steps`).
     commctl: commctl_steps::State,
+    /// Pods this scenario put in the fake Kubernetes API, by node.
+    pods: std::collections::HashMap<String, Vec<String>>,
 }
 
 impl Drop for ApiWorld {
@@ -112,6 +118,7 @@ impl ApiWorld {
             stopped: Vec::new(),
             events: None,
             commctl: Default::default(),
+            pods: Default::default(),
         }
     }
 
@@ -156,8 +163,10 @@ impl ApiWorld {
     fn request(&self, method: &str, path: &str) -> Request {
         let method = Method::from_bytes(method.as_bytes()).expect("an HTTP method");
         let mut request = Request::new(method, self.expand(path));
-        if let Auth::Basic(user, password) = &self.auth {
-            request = request.basic_auth(user, password);
+        match &self.auth {
+            Auth::Basic(user, password) => request = request.basic_auth(user, password),
+            Auth::Bearer(token) => request.headers.push(("authorization".into(), format!("Bearer {token}"))),
+            Auth::Anonymous => {}
         }
         request
     }
@@ -526,6 +535,8 @@ async fn a_test_host(w: &mut ApiWorld, name: String) {
     let status = w.send(request).await.status.as_u16();
     assert!(matches!(status, 200 | 404), "removing an earlier scenario's host {}: {status}", lease.address);
     w.response = None;
+    // Nor any node or pod an earlier scenario left in the fake Kubernetes API.
+    w.target.kube.forget_node(&lease.address);
     w.bindings.insert(name.trim_start_matches('$').to_string(), lease.address.clone());
     w.leases.push(lease);
 }
@@ -743,6 +754,121 @@ async fn field_starts(w: &mut ApiWorld, pointer: String, prefix: String) {
 }
 
 // ---------------------------------------------------------------------------
+// The fake Kubernetes API (container managers, TokenReview)
+
+#[given(regex = r"^a kubernetes container manager (\$\w+) on the fake Kubernetes API$")]
+async fn kube_manager(w: &mut ApiWorld, name: String) {
+    let body = serde_json::json!({"type": "kubernetes", "options": {"server_url": w.target.kube.url()}}).to_string();
+    let request = w.request("PUT", &format!("/api/v0/containermanager/{name}")).json(body);
+    w.must(request, 201).await;
+}
+
+/// The node name of a `$word`: its binding (a test host's address) or `word-<id>`.
+fn node_name(w: &ApiWorld, name: &str) -> String {
+    w.expand(name)
+}
+
+#[then(regex = r"^the fake Kubernetes API has (the|no) node (\$\w+)$")]
+async fn kube_has_node(w: &mut ApiWorld, which: String, name: String) {
+    let node = node_name(w, &name);
+    let present = w.target.kube.node(&node).is_some();
+    assert_eq!(present, which == "the", "node {node} in {:?}", w.target.kube.node_names());
+}
+
+#[given(regex = r"^the fake Kubernetes API also has a node (\$\w+)$")]
+#[then(regex = r"^the fake Kubernetes API also has a node (\$\w+)$")]
+async fn kube_other_node(w: &mut ApiWorld, name: String) {
+    w.target.kube.add_node(&node_name(w, &name));
+}
+
+#[given(regex = r"^the fake Kubernetes API has the pod (\$\w+) on the node (\$\w+)$")]
+async fn kube_pod(w: &mut ApiWorld, pod: String, name: String) {
+    let (pod, node) = (w.expand(&pod), node_name(w, &name));
+    w.target.kube.add_pod("default", &pod, &node);
+    w.pods.entry(node).or_default().push(pod);
+}
+
+#[given(regex = r"^a disruption budget blocks every eviction of the pod (\$\w+)$")]
+async fn kube_pdb(w: &mut ApiWorld, pod: String) {
+    w.target.kube.block_eviction("default", &w.expand(&pod), EvictionBlock::Always);
+}
+
+#[given(regex = r"^an operator cordoned the node (\$\w+) in the fake Kubernetes API$")]
+async fn kube_cordon(w: &mut ApiWorld, name: String) {
+    let node = node_name(w, &name);
+    assert!(w.target.kube.node(&node).is_some(), "no node {node}");
+    w.target.kube.set_unschedulable(&node, true);
+}
+
+#[then(regex = r"^the node (\$\w+) is (cordoned|schedulable) in the fake Kubernetes API$")]
+async fn kube_cordoned(w: &mut ApiWorld, name: String, state: String) {
+    let node = node_name(w, &name);
+    assert_eq!(w.target.kube.is_cordoned(&node), state == "cordoned", "node {node}: {:?}", w.target.kube.node(&node));
+}
+
+#[then(regex = r"^the pod (\$\w+) is (still on|gone from) the node (\$\w+)$")]
+async fn kube_pod_state(w: &mut ApiWorld, pod: String, state: String, name: String) {
+    let (pod, node) = (w.expand(&pod), node_name(w, &name));
+    let present = w.target.kube.pods_on(&node).contains(&format!("default/{pod}"));
+    assert_eq!(present, state == "still on", "pod {pod} on {node}: {:?}", w.target.kube.pods_on(&node));
+}
+
+/// The position in the fake API's log of the first request after `after`
+/// that `matches`.
+fn first_after(
+    log: &[commissaire_fakekube::RecordedRequest],
+    after: Option<u64>,
+    what: &str,
+    matches: impl Fn(&commissaire_fakekube::RecordedRequest) -> bool,
+) -> u64 {
+    log.iter()
+        .filter(|r| after.is_none_or(|a| r.seq > a))
+        .find(|r| matches(r))
+        .map(|r| r.seq)
+        .unwrap_or_else(|| panic!("the fake Kubernetes API log has no {what} after {after:?}"))
+}
+
+#[then(
+    regex = r"^the fake Kubernetes API log shows, for (\$\w+) then (\$\w+), the cordon, the evictions, the node read and the uncordon$"
+)]
+async fn kube_rolling_log(w: &mut ApiWorld, first: String, second: String) {
+    let log = w.target.kube.requests();
+    let mut previous_uncordon: Option<u64> = None;
+    for name in [first, second] {
+        let node = node_name(w, &name);
+        let path = format!("/api/v1/nodes/{node}");
+        let cordon = first_after(&log, previous_uncordon, &format!("cordon of {node}"), |r| {
+            r.verb == "PATCH" && r.path == path && r.body.pointer("/spec/unschedulable") == Some(&Value::Bool(true))
+        });
+        let mut last_eviction = cordon;
+        for pod in w.pods.get(&node).cloned().unwrap_or_default() {
+            let eviction = format!("/api/v1/namespaces/default/pods/{pod}/eviction");
+            let seq = first_after(&log, Some(cordon), &format!("eviction of {pod}"), |r| {
+                r.verb == "POST" && r.path == eviction
+            });
+            last_eviction = last_eviction.max(seq);
+        }
+        let read =
+            first_after(&log, Some(last_eviction), &format!("read of {node}"), |r| r.verb == "GET" && r.path == path);
+        let uncordon = first_after(&log, Some(read), &format!("uncordon of {node}"), |r| {
+            r.verb == "PATCH" && r.path == path && r.body.pointer("/spec/unschedulable") == Some(&Value::Bool(false))
+        });
+        previous_uncordon = Some(uncordon);
+    }
+}
+
+#[given(regex = r#"^the fake Kubernetes API accepts the token (\$\w+) for the user "([^"]+)" in the group "([^"]+)"$"#)]
+async fn kube_token(w: &mut ApiWorld, token: String, user: String, group: String) {
+    w.target.kube.accept_token(&w.expand(&token), &user, &[group.as_str()]);
+}
+
+#[given(regex = r"^I use the bearer token (\$\w+)$")]
+#[when(regex = r"^I use the bearer token (\$\w+)$")]
+async fn use_bearer(w: &mut ApiWorld, token: String) {
+    w.auth = Auth::Bearer(w.expand(&token));
+}
+
+// ---------------------------------------------------------------------------
 // Checks
 
 /// An error answer: JSON `{"error": {"code": <status>, "message": <text>}}`.
@@ -868,11 +994,11 @@ struct Totals {
 }
 
 /// Runs the scenarios with (`hosts` set) or without the `@hosts` tag.
-async fn run(name: &str, stack: &Stack, hosts: Option<Arc<TestHosts>>, totals: &mut Totals) {
+async fn run(name: &str, stack: &Stack, hosts: Option<Arc<TestHosts>>, kube: &Arc<FakeKube>, totals: &mut Totals) {
     println!("\n==> {name}: {}", stack.description);
     let want_hosts = hosts.is_some();
     *TARGET.lock().unwrap_or_else(PoisonError::into_inner) =
-        Some(Arc::new(Target { client: stack.client.clone(), users: stack.users.clone(), hosts }));
+        Some(Arc::new(Target { client: stack.client.clone(), users: stack.users.clone(), hosts, kube: kube.clone() }));
     let started = Instant::now();
     let features = concat!(env!("CARGO_MANIFEST_DIR"), "/features");
     let writer = ApiWorld::cucumber()
@@ -910,19 +1036,26 @@ async fn main_async() -> anyhow::Result<ExitCode> {
     let mut totals = Totals { scenarios_passed: 0, scenarios_failed: 0, failed_runs: Vec::new() };
 
     let hosts = TestHosts::from_env()?;
+    // One fake Kubernetes API for the whole run; the server reviews bearer
+    // tokens against it (scenarios use tokens and node names of their own).
+    let kube = Arc::new(FakeKube::start().await?);
+    let auth = [format!(
+        "kubetokenreview:server_url={},cache_seconds=0,read_only_groups=viewers,read_write_groups=operators",
+        kube.url()
+    )];
 
-    let stack = Stack::multi_process(&bins, false).await?;
-    run("multi-process", &stack, None, &mut totals).await;
+    let stack = Stack::multi_process(&bins, false, &auth).await?;
+    run("multi-process", &stack, None, &kube, &mut totals).await;
     stack.shutdown().await?;
-    let stack = Stack::multi_process(&bins, true).await?;
-    run("multi-process, @hosts", &stack, Some(hosts.clone()), &mut totals).await;
+    let stack = Stack::multi_process(&bins, true, &auth).await?;
+    run("multi-process, @hosts", &stack, Some(hosts.clone()), &kube, &mut totals).await;
     stack.shutdown().await?;
 
-    let stack = Stack::all_in_one(&bins, false).await?;
-    run("all-in-one", &stack, None, &mut totals).await;
+    let stack = Stack::all_in_one(&bins, false, &auth).await?;
+    run("all-in-one", &stack, None, &kube, &mut totals).await;
     stack.shutdown().await?;
-    let stack = Stack::all_in_one(&bins, true).await?;
-    run("all-in-one, @hosts", &stack, Some(hosts), &mut totals).await;
+    let stack = Stack::all_in_one(&bins, true, &auth).await?;
+    run("all-in-one, @hosts", &stack, Some(hosts), &kube, &mut totals).await;
     stack.shutdown().await?;
 
     println!("\n==> both deployments in {:.1}s", started.elapsed().as_secs_f64());

@@ -8,8 +8,10 @@
 //! where a running operation is (`running`, `paused`, `aborting`, then
 //! `finished`, `failed` or `aborted`), `control` is what an operator asked
 //! of it (`pause`, `abort`, or empty to let it run), `progress` is the durable
-//! per-host state the cluster exec service resumes from, and `owner` /
-//! `lease_expires_at` say which service instance drives it and until when.
+//! per-host state the cluster exec service resumes from, `owner` /
+//! `lease_expires_at` say which service instance drives it and until when,
+//! and `cordoned` lists the Kubernetes nodes the operation cordoned and has
+//! not uncordoned yet.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -78,6 +80,10 @@ pub struct ClusterDeploy {
     /// takes the operation over.
     #[serde(default)]
     pub lease_expires_at: String,
+    /// Nodes (host addresses) this operation cordoned and has not uncordoned
+    /// yet: written before the cordon, cleared after the uncordon.
+    #[serde(default)]
+    pub cordoned: Vec<String>,
 }
 
 impl Model for ClusterDeploy {
@@ -98,6 +104,7 @@ impl Model for ClusterDeploy {
         Field::optional("progress", Kind::Dict),
         Field::optional("owner", Kind::Str),
         Field::optional("lease_expires_at", Kind::Str),
+        Field::optional("cordoned", Kind::StrList),
     ];
 
     fn primary_key(&self) -> Option<&str> {
@@ -152,6 +159,10 @@ pub struct ClusterRestart {
     /// takes the operation over.
     #[serde(default)]
     pub lease_expires_at: String,
+    /// Nodes (host addresses) this operation cordoned and has not uncordoned
+    /// yet: written before the cordon, cleared after the uncordon.
+    #[serde(default)]
+    pub cordoned: Vec<String>,
 }
 
 impl Model for ClusterRestart {
@@ -171,6 +182,7 @@ impl Model for ClusterRestart {
         Field::optional("progress", Kind::Dict),
         Field::optional("owner", Kind::Str),
         Field::optional("lease_expires_at", Kind::Str),
+        Field::optional("cordoned", Kind::StrList),
     ];
 
     fn primary_key(&self) -> Option<&str> {
@@ -222,6 +234,10 @@ pub struct ClusterUpgrade {
     /// takes the operation over.
     #[serde(default)]
     pub lease_expires_at: String,
+    /// Nodes (host addresses) this operation cordoned and has not uncordoned
+    /// yet: written before the cordon, cleared after the uncordon.
+    #[serde(default)]
+    pub cordoned: Vec<String>,
 }
 
 impl Model for ClusterUpgrade {
@@ -241,6 +257,7 @@ impl Model for ClusterUpgrade {
         Field::optional("progress", Kind::Dict),
         Field::optional("owner", Kind::Str),
         Field::optional("lease_expires_at", Kind::Str),
+        Field::optional("cordoned", Kind::StrList),
     ];
 
     fn primary_key(&self) -> Option<&str> {

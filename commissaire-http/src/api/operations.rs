@@ -143,8 +143,19 @@ fn apply_control(status: &str, current: &mut String, control: Control) -> Result
     Ok(changed)
 }
 
-/// The optional rollout knobs of a PUT body (see `clusterexec::plan::Knobs`).
-pub const KNOBS: &[&str] = &["batch", "failure_budget", "soak_seconds", "host_timeout_seconds", "health_gate"];
+/// The optional rollout knobs of a PUT body (see `clusterexec::plan::Knobs`,
+/// and `clusterexec::nodes::NodeKnobs` for the node knobs of managed clusters).
+pub const KNOBS: &[&str] = &[
+    "batch",
+    "failure_budget",
+    "soak_seconds",
+    "host_timeout_seconds",
+    "health_gate",
+    "drain_timeout_seconds",
+    "drain_retry_seconds",
+    "drain_policy",
+    "node_ready_timeout_seconds",
+];
 
 /// The knob members of `body`, checked (400 naming the field); `None` when
 /// there are none.
@@ -158,12 +169,16 @@ fn knobs_of(body: &Map<String, Value>) -> Result<Option<Map<String, Value>>, Api
         let ok = match field.as_str() {
             "batch" => value.is_i64() || value.is_string(),
             "health_gate" => value.is_boolean(),
+            "drain_policy" => value.is_string(),
+            "drain_timeout_seconds" | "drain_retry_seconds" | "node_ready_timeout_seconds" => value.is_number(),
             _ => value.is_i64(),
         };
         if !ok {
             let expected = match field.as_str() {
                 "batch" => "a count or a percentage such as \"25%\"",
                 "health_gate" => "true or false",
+                "drain_policy" => "one of fail, force, skip",
+                "drain_timeout_seconds" | "drain_retry_seconds" | "node_ready_timeout_seconds" => "a number of seconds",
                 _ => "an integer",
             };
             return Err(ApiError::bad_request(format!("{field}: must be {expected}")));
@@ -172,6 +187,7 @@ fn knobs_of(body: &Map<String, Value>) -> Result<Option<Map<String, Value>>, Api
     let knobs: Knobs = serde_json::from_value(Value::Object(given.clone()))
         .map_err(|e| ApiError::bad_request(format!("knobs: {e}")))?;
     knobs.validate().map_err(|e| ApiError::bad_request(e.to_string()))?;
+    commissaire_services::clusterexec::nodes::NodeKnobs::from_knobs(&given).map_err(ApiError::bad_request)?;
     Ok(Some(given))
 }
 

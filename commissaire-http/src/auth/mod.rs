@@ -1,5 +1,6 @@
 //! Authentication of REST requests: HTTP Basic against bcrypt hashes, TLS client
-//! certificates and bearer tokens, with read-only / read-write roles.
+//! certificates, bearer tokens and Kubernetes TokenReview, with read-only /
+//! read-write roles.
 //!
 //! The server extracts [`Credentials`] from a request and asks the [`Authenticator`]
 //! for an [`Outcome`]. Plugins are tried in configuration order and the first one that
@@ -18,6 +19,7 @@ mod bearer;
 mod clientcert;
 mod reload;
 mod throttle;
+mod tokenreview;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -303,6 +305,7 @@ enum Plugin {
     Basic(Box<basic::BasicAuth>),
     ClientCert(clientcert::ClientCertAuth),
     Bearer(bearer::BearerTokens),
+    TokenReview(Box<tokenreview::TokenReviewAuth>),
 }
 
 impl Plugin {
@@ -311,6 +314,7 @@ impl Plugin {
             Plugin::Basic(_) => basic::NAME,
             Plugin::ClientCert(_) => clientcert::NAME,
             Plugin::Bearer(_) => bearer::NAME,
+            Plugin::TokenReview(_) => tokenreview::NAME,
         }
     }
 
@@ -319,11 +323,13 @@ impl Plugin {
             Plugin::Basic(p) => p.check(creds).await,
             Plugin::ClientCert(p) => p.check(creds),
             Plugin::Bearer(p) => p.check(creds),
+            Plugin::TokenReview(p) => p.check(creds).await,
         }
     }
 }
 
-const KNOWN_PLUGINS: &str = "httpbasicauth, httpauthclientcert, bearertokens";
+const KNOWN_PLUGINS: &str =
+    "httpbasicauth, httpauthclientcert, bearertokens, kubetokenreview (alias openshiftbearertokenauth)";
 const MODULE_PREFIX: &str = "commissaire_http.authentication.";
 
 /// The configured chain of authentication plugins.
@@ -366,6 +372,9 @@ impl Authenticator {
                 basic::NAME => Plugin::Basic(Box::new(basic::BasicAuth::new(&spec.options, &ctx)?)),
                 clientcert::NAME => Plugin::ClientCert(clientcert::ClientCertAuth::new(&spec.options)?),
                 bearer::NAME => Plugin::Bearer(bearer::BearerTokens::new(&spec.options, &ctx)?),
+                tokenreview::NAME | tokenreview::ALIAS => {
+                    Plugin::TokenReview(Box::new(tokenreview::TokenReviewAuth::new(&spec.options)?))
+                }
                 _ => {
                     return Err(AuthConfigError::UnknownPlugin {
                         name: spec.name.clone(),

@@ -17,6 +17,7 @@ async fn main() -> anyhow::Result<()> {
     runner::init_logging(config.debug);
     let bus = config.connect_bus().await?;
     let service = std::sync::Arc::new(containermgr::ContainerManagerService::new(bus.clone()));
+    service.watch().await?;
     runner::serve_until_stopped(
         &config,
         &bus,

@@ -123,6 +123,8 @@ impl Inner {
             }
         };
         if let Some(state) = state {
+            // No node is left cordoned that was not before the operation.
+            super::nodes::restore(&self.storage, kind, &name).await;
             self.write_end::<R>(&request, &state).await;
         }
         self.end_driving(kind, &name);
@@ -429,6 +431,9 @@ impl Inner {
         let (target, host) = self.target(address).await?;
         let fail = |e: PlaybookError| format!("{} failed: {e}", request.kind.as_str());
         tracing::info!(cluster = %request.cluster, host = %address, operation = request.kind.as_str(), "host started");
+        // managed cluster: cordon and drain the node first (see nodes.rs)
+        let nodes = self.nodes(request).await?;
+        nodes.before(address).await?;
         match request.kind {
             OpKind::Restart => self.reboot(request, &target, address, notes).await?,
             OpKind::Upgrade => {
@@ -443,7 +448,13 @@ impl Inner {
                 self.reboot(request, &target, address, notes).await.map_err(|e| format!("after the deploy: {e}"))?;
             }
         }
-        Ok(())
+        // node Ready, then uncordoned
+        nodes.after(address).await
+    }
+
+    /// The node side of a host step (nothing for unmanaged clusters).
+    async fn nodes<'a>(&'a self, request: &'a OpRequest) -> Result<super::nodes::HostNodes<'a>, String> {
+        super::nodes::HostNodes::prepare(&self.storage, request.kind, &request.cluster, &request.knobs_given).await
     }
 
     /// Resumes a host that was in process when the operation was taken over
@@ -466,7 +477,8 @@ impl Inner {
             match self.boot_id(&target).await {
                 Ok(id) if id != noted => {
                     tracing::info!(cluster = %request.cluster, host = %address, "the host rebooted before the takeover");
-                    return Ok(());
+                    // its node, cordoned by the previous owner: Ready, then uncordoned
+                    return self.nodes(request).await?.after(address).await;
                 }
                 Ok(_) if since.elapsed() >= self.settings.reboot_grace => {
                     tracing::info!(cluster = %request.cluster, host = %address,

@@ -59,6 +59,7 @@
 //!   out reaches an ended phase in a number of steps linear in the hosts.
 
 mod drive;
+pub mod nodes;
 pub mod plan;
 pub mod service;
 mod takeover;

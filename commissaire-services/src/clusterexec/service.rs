@@ -368,6 +368,7 @@ pub fn parse_request(kind: OpKind, params: &Value) -> Result<OpRequest, RpcError
     let knobs: Knobs = serde_json::from_value(Value::Object(knobs_given.clone()))
         .map_err(|e| RpcError::invalid_params(format!("knobs: {e}")))?;
     knobs.validate().map_err(|e| RpcError::invalid_params(e.to_string()))?;
+    super::nodes::NodeKnobs::from_knobs(&knobs_given).map_err(RpcError::invalid_params)?;
     Ok(OpRequest { kind, cluster, version, knobs, knobs_given })
 }
 

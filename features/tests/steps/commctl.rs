@@ -57,7 +57,8 @@ impl ApiWorld {
         };
         let (user, password) = match &self.auth {
             Auth::Basic(user, password) => (user.clone(), password.clone()),
-            Auth::Anonymous => (String::new(), String::new()),
+            // commctl scenarios log in with a user and password
+            Auth::Anonymous | Auth::Bearer(_) => (String::new(), String::new()),
         };
         let dir = self.commctl.dir.get_or_insert_with(|| tempfile::tempdir().expect("a temporary directory"));
         let config = dir.path().join(format!("commissaire-{}.json", uuid::Uuid::new_v4().simple()));
