@@ -73,7 +73,7 @@ pub async fn start(data_dir: &Path, configured_plugins: Vec<PluginSpec>, options
     let handlers = storage::open_handlers(specs)
         .await
         .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
-    let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
+    let bus: Arc<dyn Bus> = Arc::new(commissaire_core::bus::Instrumented(MemoryBus::new()));
     let storage_service = Arc::new(StorageService::new(handlers, key, bus.clone()));
     let containermgr_service = Arc::new(ContainerManagerService::new(bus.clone()));
     let mut services = vec![

@@ -5,6 +5,7 @@
 pub mod clusterexec;
 pub mod containermgr;
 pub mod investigator;
+pub mod metrics_http;
 pub mod playbook;
 pub mod runner;
 pub mod storage;
