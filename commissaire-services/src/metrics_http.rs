@@ -25,7 +25,8 @@ pub async fn spawn(addr: SocketAddr) -> std::io::Result<SocketAddr> {
             };
             tokio::spawn(async move {
                 let service = service_fn(|req| async move { Ok::<_, Infallible>(respond(&req)) });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                let _ =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
             });
         }
     });
@@ -39,7 +40,11 @@ pub fn respond(req: &Request<Incoming>) -> Response<Full<Bytes>> {
             (StatusCode::OK, commissaire_core::metrics::CONTENT_TYPE, commissaire_core::metrics::encode())
         }
         (&Method::GET, "/healthz") => (StatusCode::OK, "application/json", "{\"status\":\"ok\"}".to_string()),
-        _ => (StatusCode::NOT_FOUND, "application/json", "{\"error\":\"only /metrics and /healthz are served here\"}".into()),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "application/json",
+            "{\"error\":\"only /metrics and /healthz are served here\"}".into(),
+        ),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;

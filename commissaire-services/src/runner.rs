@@ -91,9 +91,8 @@ impl ServiceConfig {
     /// Starts the metrics endpoint when one is configured.
     pub async fn start_metrics(&self) -> anyhow::Result<()> {
         if let Some(addr) = self.metrics_listen {
-            let bound = crate::metrics_http::spawn(addr)
-                .await
-                .with_context(|| format!("cannot serve metrics on {addr}"))?;
+            let bound =
+                crate::metrics_http::spawn(addr).await.with_context(|| format!("cannot serve metrics on {addr}"))?;
             tracing::info!(%bound, "metrics on http://{bound}/metrics");
         }
         Ok(())

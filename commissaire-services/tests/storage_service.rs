@@ -315,10 +315,10 @@ async fn audit_entries_are_stored_filtered_and_announced(fx: Fixture) {
     let none = call(&fx, "audit_list", json!({"target": "cluster/pro"})).await.expect("list");
     assert_eq!(none.as_array().map(Vec::len), Some(0), "a prefix of a name is not the name");
 
-    let nanos = |t: &str| {
-        commissaire_core::timestamp::parse(t).map(|at| at.unix_timestamp_nanos() as u64).expect("timestamp")
-    };
-    let middle = call(&fx, "audit_list", json!({"since": nanos(times[1]), "until": nanos(times[1])})).await.expect("list");
+    let nanos =
+        |t: &str| commissaire_core::timestamp::parse(t).map(|at| at.unix_timestamp_nanos() as u64).expect("timestamp");
+    let middle =
+        call(&fx, "audit_list", json!({"since": nanos(times[1]), "until": nanos(times[1])})).await.expect("list");
     assert_eq!(middle.as_array().map(Vec::len), Some(1));
     assert_eq!(middle[0]["target"], targets[1]);
     let newest = call(&fx, "audit_list", json!({"limit": 1})).await.expect("list");
@@ -334,13 +334,21 @@ async fn audit_entries_are_stored_filtered_and_announced(fx: Fixture) {
 
 async fn counts_report_hosts_and_operations_by_status(fx: Fixture) {
     for (address, status) in [("10.9.0.1", "active"), ("10.9.0.2", "active"), ("10.9.0.3", "failed")] {
-        call(&fx, "save", json!({"model_type_name": "Host", "model_json_data": {"address": address, "status": status}}))
-            .await
-            .expect("save host");
-    }
-    call(&fx, "save", json!({"model_type_name": "ClusterRestart", "model_json_data": {"name": "c9", "status": "in_process"}}))
+        call(
+            &fx,
+            "save",
+            json!({"model_type_name": "Host", "model_json_data": {"address": address, "status": status}}),
+        )
         .await
-        .expect("save restart");
+        .expect("save host");
+    }
+    call(
+        &fx,
+        "save",
+        json!({"model_type_name": "ClusterRestart", "model_json_data": {"name": "c9", "status": "in_process"}}),
+    )
+    .await
+    .expect("save restart");
     let counts = call(&fx, "counts", json!({})).await.expect("counts");
     assert_eq!(counts["hosts"]["active"], 2, "{counts}");
     assert_eq!(counts["hosts"]["failed"], 1, "{counts}");
@@ -358,7 +366,8 @@ async fn the_audit_log_keeps_its_retention() {
     let spec = handlers::parse(None).expect("default handlers").remove(0);
     let service = StorageService::new(vec![OpenHandler { spec, store: store.clone() }], secrets, bus.clone())
         .with_audit_retention(5);
-    let _handle = bus.serve("storage", &["storage.*"], Arc::new(service), ServeOptions::default()).await.expect("serve");
+    let _handle =
+        bus.serve("storage", &["storage.*"], Arc::new(service), ServeOptions::default()).await.expect("serve");
     let every = commissaire_services::storage::audit::TRIM_EVERY as usize;
     let total = 2 * every + 1;
     for i in 0..total {

@@ -61,7 +61,8 @@ impl Api {
                             "{name} must be a time like 2026-01-31T12:00:00Z (RFC 3339) or 2026-01-31T12:00:00.000000 (UTC)"
                         ))
                     })?;
-                    let nanos = u64::try_from(at.unix_timestamp_nanos()).unwrap_or(0);
+                    // Before 1970 is 0; after 2554 (beyond u64 nanoseconds) is the end of time.
+                    let nanos = at.unix_timestamp_nanos().clamp(0, i128::from(u64::MAX)) as u64;
                     params.insert(name, json!(nanos));
                 }
                 "target" => {

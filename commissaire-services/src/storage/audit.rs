@@ -47,11 +47,9 @@ impl AuditLog {
     /// Checks and stores an entry; returns it as stored.
     pub async fn append(&self, store: &dyn Store, params: &Value) -> Result<Value, RpcError> {
         let entry = validate(params.get("entry"))?;
-        let at = entry
-            .get("time")
-            .and_then(Value::as_str)
-            .and_then(timestamp::parse)
-            .ok_or_else(|| RpcError::invalid_params("entry.time must be a timestamp like 2017-06-28T14:03:11.123456"))?;
+        let at = entry.get("time").and_then(Value::as_str).and_then(timestamp::parse).ok_or_else(|| {
+            RpcError::invalid_params("entry.time must be a timestamp like 2017-06-28T14:03:11.123456")
+        })?;
         let nanos = u64::try_from(at.unix_timestamp_nanos()).unwrap_or(0);
         let key = format!("{PREFIX}{nanos:020}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let value = Value::Object(entry);
@@ -114,14 +112,13 @@ impl AuditLog {
                 RpcError::invalid_params(format!("limit must be an integer between 1 and {MAX_LIMIT}"))
             })?,
         };
-        let mut entries = store
-            .list(PREFIX)
-            .await
-            .map_err(|e| RpcError::internal(format!("cannot read the audit log: {e}")))?;
+        let mut entries =
+            store.list(PREFIX).await.map_err(|e| RpcError::internal(format!("cannot read the audit log: {e}")))?;
         entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut found = Vec::new();
         for (key, stored) in entries.iter().rev() {
-            let nanos = key.strip_prefix(PREFIX).and_then(|rest| rest.split('-').next()).and_then(|n| n.parse::<u64>().ok());
+            let nanos =
+                key.strip_prefix(PREFIX).and_then(|rest| rest.split('-').next()).and_then(|n| n.parse::<u64>().ok());
             let Some(nanos) = nanos else { continue };
             if since.is_some_and(|s| nanos < s) || until.is_some_and(|u| nanos > u) {
                 continue;

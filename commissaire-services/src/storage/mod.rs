@@ -109,9 +109,11 @@ impl StorageService {
             }
         }
         let mut operations = serde_json::Map::new();
-        for (t, kind) in
-            [(ModelType::ClusterRestart, "restart"), (ModelType::ClusterUpgrade, "upgrade"), (ModelType::ClusterDeploy, "deploy")]
-        {
+        for (t, kind) in [
+            (ModelType::ClusterRestart, "restart"),
+            (ModelType::ClusterUpgrade, "upgrade"),
+            (ModelType::ClusterDeploy, "deploy"),
+        ] {
             let mut by_status = serde_json::Map::new();
             let store = self.store_for(t, &Value::Null)?;
             let entries = store.list(&format!("{}cluster/", keys::ROOT)).await.map_err(|e| store_error(t, "*", e))?;
