@@ -40,6 +40,8 @@ pub struct AllInOne {
     pub watcher: Option<watcher::Running>,
     /// The authentication to use: the configured one, or the generated admin.
     pub plugins: Vec<PluginSpec>,
+    /// The webhook senders (none unless configured).
+    pub webhooks: commissaire_services::webhooks::Running,
 }
 
 /// What the all-in-one process runs.
@@ -56,11 +58,21 @@ pub struct Options {
     /// The watcher's configuration members (see `watcher::settings`): the
     /// `watcher` object of commissaire.conf.
     pub watcher: serde_json::Map<String, serde_json::Value>,
+    /// The `webhooks` list of commissaire.conf (see `commissaire_services::webhooks`).
+    pub webhooks: Option<serde_json::Value>,
+    /// Audit entries kept (default `storage::audit::DEFAULT_RETENTION`).
+    pub audit_retention: Option<usize>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { host_services: true, investigator: serde_json::Map::new(), watcher: serde_json::Map::new() }
+        Options {
+            host_services: true,
+            investigator: serde_json::Map::new(),
+            watcher: serde_json::Map::new(),
+            webhooks: None,
+            audit_retention: None,
+        }
     }
 }
 
@@ -74,7 +86,12 @@ pub async fn start(data_dir: &Path, configured_plugins: Vec<PluginSpec>, options
         .await
         .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
     let bus: Arc<dyn Bus> = Arc::new(commissaire_core::bus::Instrumented(MemoryBus::new()));
-    let storage_service = Arc::new(StorageService::new(handlers, key, bus.clone()));
+    let storage_service = Arc::new(
+        StorageService::new(handlers, key, bus.clone())
+            .with_audit_retention(options.audit_retention.unwrap_or(storage::audit::DEFAULT_RETENTION)),
+    );
+    let endpoints = commissaire_services::webhooks::from_config(options.webhooks.as_ref())?;
+    let webhooks = commissaire_services::webhooks::start(bus.clone(), endpoints).await?;
     let containermgr_service = Arc::new(ContainerManagerService::new(bus.clone()));
     let mut services = vec![
         bus.serve(storage::QUEUE, storage::PATTERNS, storage_service, ServeOptions::default()).await?,
@@ -102,7 +119,7 @@ pub async fn start(data_dir: &Path, configured_plugins: Vec<PluginSpec>, options
         None
     };
     let plugins = if configured_plugins.is_empty() { vec![admin_identity(data_dir)?] } else { configured_plugins };
-    Ok(AllInOne { bus, services, watcher, plugins })
+    Ok(AllInOne { bus, services, watcher, plugins, webhooks })
 }
 
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {

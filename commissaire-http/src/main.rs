@@ -30,6 +30,8 @@ async fn main() -> anyhow::Result<()> {
                     host_services: settings.host_services,
                     investigator: settings.investigator.clone(),
                     watcher: settings.watcher.clone(),
+                    webhooks: settings.webhooks.clone(),
+                    audit_retention: settings.audit_retention,
                 },
             )
             .await?;

@@ -36,6 +36,11 @@ use crate::{
 pub const HEALTHZ: &str = "/healthz";
 /// Readiness probe: the bus answers and the storage service reaches every store.
 pub const READYZ: &str = "/readyz";
+/// The OpenAPI 3.1 document of the API (docs/openapi.json, built in), served
+/// without authentication: it describes routes, never data.
+pub const OPENAPI: &str = "/api/v0/openapi.json";
+/// The document served at [`OPENAPI`].
+pub const OPENAPI_DOCUMENT: &str = include_str!("../../docs/openapi.json");
 /// The process's metrics (Prometheus/OpenMetrics text), served without
 /// authentication like the probes: its labels never name a host or a user.
 pub const METRICS: &str = "/metrics";
@@ -128,6 +133,11 @@ async fn respond(
             }
         };
         return (response, None, if path == HEALTHZ { "healthz" } else { "readyz" });
+    }
+    if req.method() == Method::GET && path == OPENAPI {
+        let mut response = Response::new(Full::new(Bytes::from_static(OPENAPI_DOCUMENT.as_bytes())));
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        return (response, None, "openapi");
     }
     if req.method() == Method::GET && path == METRICS {
         state.api.refresh_gauges().await;

@@ -12,3 +12,4 @@ pub mod storage;
 pub mod store;
 pub mod transport;
 pub mod watcher;
+pub mod webhooks;
