@@ -58,7 +58,7 @@ impl AuditLog {
             .put(&key, bytes, Expect::Absent)
             .await
             .map_err(|e| RpcError::internal(format!("cannot store the audit entry: {e}")))?;
-        if self.appended.fetch_add(1, Ordering::Relaxed) % TRIM_EVERY == 0 {
+        if self.appended.fetch_add(1, Ordering::Relaxed).is_multiple_of(TRIM_EVERY) {
             self.trim(store).await;
         }
         Ok(value)
