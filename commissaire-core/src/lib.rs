@@ -6,6 +6,7 @@
 pub mod bus;
 pub mod config;
 pub mod jsonrpc;
+pub mod metrics;
 pub mod model;
 pub mod secrets;
 pub mod storage_client;

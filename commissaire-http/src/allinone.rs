@@ -40,6 +40,8 @@ pub struct AllInOne {
     pub watcher: Option<watcher::Running>,
     /// The authentication to use: the configured one, or the generated admin.
     pub plugins: Vec<PluginSpec>,
+    /// The webhook senders (none unless configured).
+    pub webhooks: commissaire_services::webhooks::Running,
 }
 
 /// What the all-in-one process runs.
@@ -59,6 +61,10 @@ pub struct Options {
     /// The cluster exec service's settings (see `clusterexec::service::settings_from_config`):
     /// the `clusterexec` object of commissaire.conf.
     pub clusterexec: serde_json::Map<String, serde_json::Value>,
+    /// The `webhooks` list of commissaire.conf (see `commissaire_services::webhooks`).
+    pub webhooks: Option<serde_json::Value>,
+    /// Audit entries kept (default `storage::audit::DEFAULT_RETENTION`).
+    pub audit_retention: Option<usize>,
 }
 
 impl Default for Options {
@@ -68,6 +74,8 @@ impl Default for Options {
             investigator: serde_json::Map::new(),
             watcher: serde_json::Map::new(),
             clusterexec: serde_json::Map::new(),
+            webhooks: None,
+            audit_retention: None,
         }
     }
 }
@@ -81,8 +89,13 @@ pub async fn start(data_dir: &Path, configured_plugins: Vec<PluginSpec>, options
     let handlers = storage::open_handlers(specs)
         .await
         .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
-    let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
-    let storage_service = Arc::new(StorageService::new(handlers, key, bus.clone()));
+    let bus: Arc<dyn Bus> = Arc::new(commissaire_core::bus::Instrumented(MemoryBus::new()));
+    let storage_service = Arc::new(
+        StorageService::new(handlers, key, bus.clone())
+            .with_audit_retention(options.audit_retention.unwrap_or(storage::audit::DEFAULT_RETENTION)),
+    );
+    let endpoints = commissaire_services::webhooks::from_config(options.webhooks.as_ref())?;
+    let webhooks = commissaire_services::webhooks::start(bus.clone(), endpoints).await?;
     let containermgr_service = Arc::new(ContainerManagerService::new(bus.clone()));
     containermgr_service.watch().await?;
     let mut services = vec![
@@ -120,7 +133,7 @@ pub async fn start(data_dir: &Path, configured_plugins: Vec<PluginSpec>, options
         None
     };
     let plugins = if configured_plugins.is_empty() { vec![admin_identity(data_dir)?] } else { configured_plugins };
-    Ok(AllInOne { bus, services, watcher, plugins })
+    Ok(AllInOne { bus, services, watcher, plugins, webhooks })
 }
 
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {

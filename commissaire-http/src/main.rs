@@ -31,6 +31,8 @@ async fn main() -> anyhow::Result<()> {
                     investigator: settings.investigator.clone(),
                     watcher: settings.watcher.clone(),
                     clusterexec: settings.clusterexec.clone(),
+                    webhooks: settings.webhooks.clone(),
+                    audit_retention: settings.audit_retention,
                 },
             )
             .await?;

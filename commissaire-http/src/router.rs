@@ -83,6 +83,8 @@ pub enum Route {
     ContainerManager { name: String },
     /// `/api/v0/events`: storage and operation events as server-sent events
     Events,
+    /// `/api/v0/audit` (read-write identities only)
+    Audit,
 }
 
 impl Route {
@@ -94,7 +96,12 @@ impl Route {
         const PUT: &[Method] = &[Method::PUT];
         const GET_DELETE: &[Method] = &[Method::GET, Method::DELETE];
         match self {
-            Route::Hosts | Route::Clusters | Route::Networks | Route::ContainerManagers | Route::Events => GET,
+            Route::Hosts
+            | Route::Clusters
+            | Route::Networks
+            | Route::ContainerManagers
+            | Route::Events
+            | Route::Audit => GET,
             Route::HostSelf | Route::ClusterOperationControl { .. } => PUT,
             Route::HostCreds { .. } | Route::HostStatus { .. } => GET,
             Route::HostKey { .. } => GET_DELETE,
@@ -132,6 +139,52 @@ impl Route {
             Route::ContainerManagers => "container_managers",
             Route::ContainerManager { .. } => "container_manager",
             Route::Events => "events",
+            Route::Audit => "audit",
+        }
+    }
+
+    /// Whether only read-write identities may use the route, even to read.
+    pub fn needs_read_write(&self) -> bool {
+        matches!(self, Route::Audit)
+    }
+
+    /// What a request on this route acts on, for the audit log
+    /// (`host/10.0.0.1`, `cluster/prod/hosts/10.0.0.1`, `cluster/prod/restart`…);
+    /// `client` is the address a self-registration registers.
+    pub fn target(&self, client: &str) -> String {
+        match self {
+            Route::Hosts => "hosts".into(),
+            Route::HostSelf => format!("host/{client}"),
+            Route::Host { address } => format!("host/{address}"),
+            Route::HostCreds { address } => format!("host/{address}/creds"),
+            Route::HostStatus { address } => format!("host/{address}/status"),
+            Route::HostKey { address } => format!("host/{address}/hostkey"),
+            Route::Clusters => "clusters".into(),
+            Route::Cluster { name } => format!("cluster/{name}"),
+            Route::ClusterHosts { name } => format!("cluster/{name}/hosts"),
+            Route::ClusterHost { name, host } => format!("cluster/{name}/hosts/{host}"),
+            Route::ClusterOperation { name, operation } => format!("cluster/{name}/{}", operation.as_str()),
+            Route::ClusterOperationControl { name, operation, control } => {
+                format!("cluster/{name}/{}/{}", operation.as_str(), control.as_str())
+            }
+            Route::Networks => "networks".into(),
+            Route::Network { name } => format!("network/{name}"),
+            Route::ContainerManagers => "containermanagers".into(),
+            Route::ContainerManager { name } => format!("containermanager/{name}"),
+            Route::Audit => "audit".into(),
+            Route::Events => "events".into(),
+        }
+    }
+
+    /// The cluster a route concerns, if any.
+    pub fn cluster(&self) -> Option<&str> {
+        match self {
+            Route::Cluster { name }
+            | Route::ClusterHosts { name }
+            | Route::ClusterHost { name, .. }
+            | Route::ClusterOperation { name, .. }
+            | Route::ClusterOperationControl { name, .. } => Some(name),
+            _ => None,
         }
     }
 
@@ -202,6 +255,7 @@ pub fn resolve(path: &str) -> Option<Route> {
         ["network", n] => Some(Route::Network { name: name(n)? }),
         ["containermanagers"] => Some(Route::ContainerManagers),
         ["containermanager", n] => Some(Route::ContainerManager { name: name(n)? }),
+        ["audit"] => Some(Route::Audit),
         _ => None,
     }
 }

@@ -37,6 +37,14 @@ use crate::{
 pub const HEALTHZ: &str = "/healthz";
 /// Readiness probe: the bus answers and the storage service reaches every store.
 pub const READYZ: &str = "/readyz";
+/// The OpenAPI 3.1 document of the API (docs/openapi.json, built in), served
+/// without authentication: it describes routes, never data.
+pub const OPENAPI: &str = "/api/v0/openapi.json";
+/// The document served at [`OPENAPI`].
+pub const OPENAPI_DOCUMENT: &str = include_str!("../../docs/openapi.json");
+/// The process's metrics (Prometheus/OpenMetrics text), served without
+/// authentication like the probes: its labels never name a host or a user.
+pub const METRICS: &str = "/metrics";
 
 /// Request bodies above this are refused with 413.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -103,6 +111,8 @@ pub async fn handle(
     let path = req.uri().path().to_string();
     let client = client_address(&state, peer.ip(), &req);
     let (response, who, route_name) = respond(&state, req, client, client_cn.as_deref()).await;
+    commissaire_core::metrics::get()
+        .http_request(if route_name == "-" { "none" } else { route_name }, response.status().as_u16());
     tracing::info!(
         target: "commissaire::access",
         %method, route = route_name, status = response.status().as_u16(), user = who.as_deref().unwrap_or("-"),
@@ -130,6 +140,19 @@ async fn respond(
             }
         };
         return (response, None, if path == HEALTHZ { "healthz" } else { "readyz" });
+    }
+    if req.method() == Method::GET && path == OPENAPI {
+        let mut response = Response::new(Full::new(Bytes::from_static(OPENAPI_DOCUMENT.as_bytes())).boxed_unsync());
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        return (response, None, "openapi");
+    }
+    if req.method() == Method::GET && path == METRICS {
+        state.api.refresh_gauges().await;
+        let mut response = Response::new(Full::new(Bytes::from(commissaire_core::metrics::encode())).boxed_unsync());
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(commissaire_core::metrics::CONTENT_TYPE));
+        return (response, None, "metrics");
     }
     let identity = if state.self_auth.contains(&path) {
         Identity { name: "self-auth".into(), role: Role::ReadWrite, method: "self-auth" }
@@ -161,6 +184,34 @@ async fn respond(
     };
     let route_name = route.name();
     let method = req.method().clone();
+    let mutating = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
+    let audit = mutating.then(|| (route.target(&client.to_string()), route.cluster().map(str::to_string)));
+    let response = routed(state, req, route, &identity, client).await;
+    if let Some((target, cluster)) = audit {
+        let record = crate::api::audit::AuditRecord {
+            identity: &identity.name,
+            role: identity.role.as_str(),
+            method: method.as_str(),
+            route: route_name,
+            target,
+            cluster,
+            status: response.status().as_u16(),
+            client,
+        };
+        state.api.audit(record).await;
+    }
+    (response, who, route_name)
+}
+
+/// A request whose route is known: verb (405) → role (403) → body → handler.
+async fn routed(
+    state: &AppState,
+    req: Request<Incoming>,
+    route: Route,
+    identity: &Identity,
+    client: IpAddr,
+) -> Response<Body> {
+    let method = req.method().clone();
     if !route.allowed().contains(&method) {
         let allow: Vec<&str> = route.allowed().iter().map(Method::as_str).collect();
         let mut response = error_response(&ApiError::new(
@@ -170,33 +221,39 @@ async fn respond(
         if let Ok(value) = HeaderValue::from_str(&allow.join(", ")) {
             response.headers_mut().insert(header::ALLOW, value);
         }
-        return (response, who, route_name);
+        return response;
     }
-    if identity.role == Role::ReadOnly && (method != Method::GET || route.is_secret()) {
+    if identity.role == Role::ReadOnly && (method != Method::GET || route.is_secret() || route.needs_read_write()) {
         let message = if route.is_secret() {
             "read-only identities cannot read credentials"
+        } else if route.needs_read_write() {
+            "read-only identities cannot read the audit log"
         } else {
             "read-only identities may only read"
         };
-        return (error_response(&ApiError::new(StatusCode::FORBIDDEN, message)), who, route_name);
+        return error_response(&ApiError::new(StatusCode::FORBIDDEN, message));
+    }
+    if route == Route::Audit {
+        return match state.api.list_audit(req.uri().query()).await {
+            Ok(reply) => json_response(reply.status, &reply.body),
+            Err(err) => error_response(&err),
+        };
     }
     if route == Route::Events {
-        return (events_response(state, req.uri().query()).await, who, route_name);
+        return events_response(state, req.uri().query()).await;
     }
     let body = if method == Method::PUT {
         match read_body(req).await {
             Ok(body) => body,
-            Err(err) => return (error_response(&err), who, route_name),
+            Err(err) => return error_response(&err),
         }
     } else {
         Map::new()
     };
-    let outcome = dispatch(&state.api, route, &method, client, &body).await;
-    let response = match outcome {
+    match dispatch(&state.api, route, &method, client, &body).await {
         Ok(reply) => json_response(reply.status, &reply.body),
         Err(err) => error_response(&err),
-    };
-    (response, who, route_name)
+    }
 }
 
 /// `GET /api/v0/events`: a server-sent event stream (see [`crate::events`]).

@@ -94,6 +94,11 @@ pub struct Settings {
     /// The all-in-one cluster exec service's settings: the `clusterexec`
     /// object of the configuration file (lease_seconds, reboot_grace_seconds).
     pub clusterexec: Map<String, Value>,
+    /// The all-in-one webhooks: the `webhooks` list of the configuration file
+    /// (see `commissaire_services::webhooks`).
+    pub webhooks: Option<Value>,
+    /// Audit entries the all-in-one storage keeps (`audit_retention`).
+    pub audit_retention: Option<usize>,
 }
 
 fn member<'a>(file: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
@@ -199,6 +204,16 @@ impl Flags {
             investigator: object_member(&file, "investigator")?,
             watcher: object_member(&file, "watcher")?,
             clusterexec: object_member(&file, "clusterexec")?,
+            webhooks: member(&file, "webhooks").cloned(),
+            audit_retention: match member(&file, "audit_retention") {
+                None => None,
+                Some(v) => Some(
+                    v.as_u64()
+                        .filter(|n| *n > 0)
+                        .map(|n| n as usize)
+                        .context("audit_retention must be a positive number of entries")?,
+                ),
+            },
         })
     }
 }

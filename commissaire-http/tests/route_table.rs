@@ -9,7 +9,7 @@
 //! * no credentials: 401 with `WWW-Authenticate` on every route and verb, and on
 //!   unknown paths; authenticated, an unknown path is 404;
 //! * a known route with a wrong verb: 405 with `Allow` listing the right ones;
-//! * `viewer`: 403 on every PUT and DELETE and on `GET .../creds`, never on
+//! * `viewer`: 403 on every PUT and DELETE, on `GET .../creds` and `GET /api/v0/audit`, never on
 //!   another GET;
 //! * hostile input as `admin`: never a 5xx, every error body is exactly
 //!   `{"error":{"code","message"}}` with `code` equal to the status, and nothing
@@ -78,6 +78,7 @@ const TABLE: &[(&str, &[&str])] = &[
     ("/api/v0/network/n1", &["GET", "PUT", "DELETE"]),
     ("/api/v0/containermanagers", &["GET"]),
     ("/api/v0/containermanager/cm1", &["GET", "PUT", "DELETE"]),
+    ("/api/v0/audit", &["GET"]),
 ];
 
 /// Every kind of route. The match is exhaustive on purpose: a new `Route`
@@ -106,6 +107,7 @@ fn route_kind(route: &Route) -> &'static str {
         Route::Network { .. } => "network",
         Route::ContainerManagers => "container_managers",
         Route::ContainerManager { .. } => "container_manager",
+        Route::Audit => "audit",
     }
 }
 
@@ -132,6 +134,7 @@ const ALL_KINDS: &[&str] = &[
     "network",
     "container_managers",
     "container_manager",
+    "audit",
 ];
 
 /// Paths that are no route at all.
@@ -644,7 +647,7 @@ async fn viewers_may_read_everything_but_credentials_and_change_nothing() {
                 req = req.json("{}");
             }
             let resp = client.send(&req).await;
-            let secret = path.ends_with("/creds");
+            let secret = path.ends_with("/creds") || path.ends_with("/audit");
             if *verb != "GET" || secret {
                 assert_error(&resp, &[403], &req);
             } else {

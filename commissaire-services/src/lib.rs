@@ -5,9 +5,11 @@
 pub mod clusterexec;
 pub mod containermgr;
 pub mod investigator;
+pub mod metrics_http;
 pub mod playbook;
 pub mod runner;
 pub mod storage;
 pub mod store;
 pub mod transport;
 pub mod watcher;
+pub mod webhooks;

@@ -30,6 +30,10 @@ pub struct CommonArgs {
     /// Log at debug level.
     #[arg(long)]
     pub debug: bool,
+    /// Serve `GET /metrics` (Prometheus text) and `GET /healthz` on this
+    /// address, e.g. 127.0.0.1:9101 (overrides `metrics_listen`; default: off).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// The resolved configuration of a service.
@@ -39,6 +43,8 @@ pub struct ServiceConfig {
     /// The whole configuration object, for service-specific members.
     pub members: Map<String, Value>,
     pub debug: bool,
+    /// Where to serve the metrics endpoint, if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl CommonArgs {
@@ -60,7 +66,17 @@ impl CommonArgs {
             }
         };
         let debug = self.debug || members.get("debug").and_then(Value::as_bool).unwrap_or(false);
-        Ok(ServiceConfig { bus_uri, bus_exchange, members, debug })
+        let metrics_listen = match self.metrics_listen {
+            Some(addr) => Some(addr),
+            None => match config::string_member(&members, "metrics_listen")? {
+                Some(text) => Some(
+                    text.parse()
+                        .with_context(|| format!("metrics_listen: {text:?} is not an address like 127.0.0.1:9101"))?,
+                ),
+                None => None,
+            },
+        };
+        Ok(ServiceConfig { bus_uri, bus_exchange, members, debug, metrics_listen })
     }
 }
 
@@ -70,6 +86,16 @@ impl ServiceConfig {
         bus::connect(&self.bus_uri, &self.bus_exchange)
             .await
             .with_context(|| format!("cannot connect to the bus at {}", redact_uri(&self.bus_uri)))
+    }
+
+    /// Starts the metrics endpoint when one is configured.
+    pub async fn start_metrics(&self) -> anyhow::Result<()> {
+        if let Some(addr) = self.metrics_listen {
+            let bound =
+                crate::metrics_http::spawn(addr).await.with_context(|| format!("cannot serve metrics on {addr}"))?;
+            tracing::info!(%bound, "metrics on http://{bound}/metrics");
+        }
+        Ok(())
     }
 }
 
@@ -83,6 +109,7 @@ pub async fn serve_until_stopped(
     handler: Arc<dyn commissaire_core::bus::Handler>,
     name: &str,
 ) -> anyhow::Result<()> {
+    config.start_metrics().await?;
     let serving = bus.serve(queue, patterns, handler, commissaire_core::bus::ServeOptions::default()).await?;
     tracing::info!(bus = %redact_uri(&config.bus_uri), exchange = %config.bus_exchange, "{name} service ready");
     shutdown_signal().await;

@@ -83,6 +83,8 @@ on_both_stores!(
     revisions_guard_concurrent_updates,
     credentials_are_sealed_and_never_announced,
     list_store_handlers_reports_the_configuration,
+    audit_entries_are_stored_filtered_and_announced,
+    counts_report_hosts_and_operations_by_status,
 );
 
 async fn save_get_list_delete_with_events(fx: Fixture) {
@@ -278,4 +280,106 @@ async fn list_store_handlers_reports_the_configuration(fx: Fixture) {
     assert_eq!(handlers[0]["config"]["name"], "commissaire.storage.etcd");
     let models = handlers[0]["model_types"].as_array().expect("models");
     assert!(models.contains(&json!("Host")) && !models.contains(&json!("HostCreds")));
+}
+
+fn audit_entry(time: &str, target: &str, cluster: Option<&str>) -> Value {
+    let mut entry = json!({
+        "time": time, "identity": "admin", "role": "read-write", "method": "PUT", "route": "cluster",
+        "target": target, "status": 201, "client": "127.0.0.1",
+    });
+    if let Some(c) = cluster {
+        entry["cluster"] = json!(c);
+    }
+    entry
+}
+
+async fn audit_entries_are_stored_filtered_and_announced(fx: Fixture) {
+    let mut events = fx.bus.subscribe(&["notify.audit.entry"]).await.expect("subscribe");
+    let times = ["2026-01-01T00:00:00.000000", "2026-01-02T00:00:00.000000", "2026-01-03T00:00:00.000000"];
+    let targets = ["cluster/prod", "cluster/prod/hosts/10.0.0.1", "host/10.0.0.2"];
+    for (time, target) in times.iter().zip(targets) {
+        let cluster = target.strip_prefix("cluster/").map(|rest| rest.split('/').next().unwrap_or_default());
+        call(&fx, "audit_append", json!({"entry": audit_entry(time, target, cluster)})).await.expect("append");
+    }
+    // Each entry is announced, with the cluster when it has one.
+    let first = tokio::time::timeout(T, events.next()).await.expect("event in time").expect("event");
+    assert_eq!(first.body["target"], "cluster/prod");
+    assert_eq!(first.body["cluster"], "prod");
+
+    let all = call(&fx, "audit_list", json!({})).await.expect("list");
+    let listed: Vec<&str> = all.as_array().expect("array").iter().map(|e| e["target"].as_str().unwrap_or("")).collect();
+    assert_eq!(listed, targets, "oldest first");
+
+    let prod = call(&fx, "audit_list", json!({"target": "cluster/prod"})).await.expect("list");
+    assert_eq!(prod.as_array().map(Vec::len), Some(2), "the target and what is under it: {prod}");
+    let none = call(&fx, "audit_list", json!({"target": "cluster/pro"})).await.expect("list");
+    assert_eq!(none.as_array().map(Vec::len), Some(0), "a prefix of a name is not the name");
+
+    let nanos =
+        |t: &str| commissaire_core::timestamp::parse(t).map(|at| at.unix_timestamp_nanos() as u64).expect("timestamp");
+    let middle =
+        call(&fx, "audit_list", json!({"since": nanos(times[1]), "until": nanos(times[1])})).await.expect("list");
+    assert_eq!(middle.as_array().map(Vec::len), Some(1));
+    assert_eq!(middle[0]["target"], targets[1]);
+    let newest = call(&fx, "audit_list", json!({"limit": 1})).await.expect("list");
+    assert_eq!(newest[0]["target"], targets[2], "a limit keeps the newest");
+
+    // A malformed entry is refused and stores nothing.
+    let mut bad = audit_entry(times[0], "x", None);
+    bad["status"] = json!("ok");
+    assert_eq!(rpc_code(call(&fx, "audit_append", json!({"entry": bad})).await), jsonrpc::INVALID_PARAMS);
+    let after = call(&fx, "audit_list", json!({})).await.expect("list");
+    assert_eq!(after.as_array().map(Vec::len), Some(3));
+}
+
+async fn counts_report_hosts_and_operations_by_status(fx: Fixture) {
+    for (address, status) in [("10.9.0.1", "active"), ("10.9.0.2", "active"), ("10.9.0.3", "failed")] {
+        call(
+            &fx,
+            "save",
+            json!({"model_type_name": "Host", "model_json_data": {"address": address, "status": status}}),
+        )
+        .await
+        .expect("save host");
+    }
+    call(
+        &fx,
+        "save",
+        json!({"model_type_name": "ClusterRestart", "model_json_data": {"name": "c9", "status": "in_process"}}),
+    )
+    .await
+    .expect("save restart");
+    let counts = call(&fx, "counts", json!({})).await.expect("counts");
+    assert_eq!(counts["hosts"]["active"], 2, "{counts}");
+    assert_eq!(counts["hosts"]["failed"], 1, "{counts}");
+    assert_eq!(counts["operations"]["restart"]["in_process"], 1, "{counts}");
+    assert_eq!(counts["operations"]["upgrade"], json!({}), "{counts}");
+}
+
+#[tokio::test]
+async fn the_audit_log_keeps_its_retention() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn Store> =
+        Arc::new(EmbeddedStore::open(dir.path().join("store.redb")).await.expect("open embedded"));
+    let secrets = SecretsKey::generate(&dir.path().join("secrets.key")).expect("key");
+    let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
+    let spec = handlers::parse(None).expect("default handlers").remove(0);
+    let service = StorageService::new(vec![OpenHandler { spec, store: store.clone() }], secrets, bus.clone())
+        .with_audit_retention(5);
+    let _handle =
+        bus.serve("storage", &["storage.*"], Arc::new(service), ServeOptions::default()).await.expect("serve");
+    let every = commissaire_services::storage::audit::TRIM_EVERY as usize;
+    let total = 2 * every + 1;
+    for i in 0..total {
+        let time = format!("2026-01-01T00:{:02}:{:02}.000000", i / 60, i % 60);
+        bus.request("storage.audit_append", json!({"entry": audit_entry(&time, &format!("network/n{i}"), None)}), T)
+            .await
+            .expect("append");
+    }
+    let kept = store.list(commissaire_services::storage::audit::PREFIX).await.expect("list").len();
+    assert!(kept >= 5 && kept <= 5 + every, "kept {kept} of {total} with retention 5");
+    // The newest are the ones kept.
+    let newest = bus.request("storage.audit_list", json!({"limit": 1}), T).await.expect("list");
+    assert_eq!(newest[0]["target"], format!("network/n{}", total - 1));
+    println!("audit retention 5: {kept} entries kept after {total} appends");
 }

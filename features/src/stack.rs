@@ -226,6 +226,8 @@ pub struct Stack {
     pub client: Client,
     /// user → password.
     pub users: BTreeMap<String, String>,
+    /// Each service binary's metrics endpoint (`--metrics-listen`), by binary name.
+    pub metrics: BTreeMap<String, SocketAddr>,
     /// Stopped in reverse start order: the server first.
     processes: Vec<Process>,
     /// etcd URL and namespace to clean up after the run.
@@ -365,18 +367,22 @@ impl Stack {
             description: description.into(),
             client: Client::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))),
             users,
+            metrics: BTreeMap::new(),
             processes: Vec::new(),
             etcd_namespace: None,
             dir,
         })
     }
 
-    /// Starts a service binary with `args`, its log in the stack's directory,
-    /// and waits until it logs `ready`.
+    /// Starts a service binary with `args` and its metrics endpoint on a free
+    /// port, its log in the stack's directory, and waits until it logs `ready`.
     async fn start_service(&mut self, binary: &Path, args: &[&str], ready: &str) -> anyhow::Result<()> {
         let name = binary.file_name().and_then(|n| n.to_str()).context("a binary's file name")?.to_string();
         let mut command = Command::new(binary);
         command.args(args);
+        let metrics = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+        command.arg("--metrics-listen").arg(metrics.to_string());
+        self.metrics.insert(name.clone(), metrics);
         let log = self.dir.path().join(format!("{name}.log"));
         self.processes.push(Process::spawn(&name, command, log)?);
         self.wait_for_log(ready).await

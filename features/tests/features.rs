@@ -956,6 +956,21 @@ async fn list_contains(w: &mut ApiWorld, verb: String, wanted: String) {
     assert_eq!(found, verb == "contains", "{wanted:?} in {body}");
 }
 
+#[then(regex = r"^the response list has (\d+) entr(?:y|ies)$")]
+async fn list_length(w: &mut ApiWorld, n: usize) {
+    let body = w.body();
+    let list = body.as_array().unwrap_or_else(|| panic!("the response is not a list: {body}"));
+    assert_eq!(list.len(), n, "entries in {body}");
+}
+
+#[then("the response list has an entry with:")]
+async fn list_has_entry(w: &mut ApiWorld, step: &Step) {
+    let expected = w.expected_json(step.docstring.as_deref().unwrap_or_default());
+    let body = w.body();
+    let list = body.as_array().unwrap_or_else(|| panic!("the response is not a list: {body}"));
+    assert!(list.iter().any(|item| contains(item, &expected)), "no entry of {body} contains {expected}");
+}
+
 #[then(regex = r#"^the response header "([^"]+)" is "([^"]*)"$"#)]
 async fn header_is(w: &mut ApiWorld, name: String, value: String) {
     assert_eq!(w.response().header(&name), Some(value.as_str()), "header {name}");

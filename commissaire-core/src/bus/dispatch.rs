@@ -31,6 +31,7 @@ pub async fn handle_delivery(handler: &dyn Handler, routing_key: &str, body: &[u
         let params = if request.params.is_null() { Value::Object(Default::default()) } else { request.params };
         handler.call(&request.method, params).await
     };
+    crate::metrics::get().bus_handled(routing_key, outcome.is_ok());
     let id = request.id?;
     if let Err(err) = &outcome {
         tracing::debug!(routing_key, code = err.code, message = %err.message, "request failed");

@@ -169,12 +169,54 @@ impl ServeHandle {
 pub async fn connect(uri: &str, exchange: &str) -> Result<Arc<dyn Bus>, BusError> {
     let scheme = uri.split("://").next().unwrap_or_default();
     match scheme {
-        "memory" => Ok(Arc::new(memory::MemoryBus::new())),
-        "amqp" | "amqps" => Ok(Arc::new(amqp::AmqpBus::connect(uri, exchange).await?)),
-        "redis" | "rediss" => Ok(Arc::new(redis::RedisBus::connect(uri, exchange).await?)),
+        "memory" => Ok(Arc::new(Instrumented(memory::MemoryBus::new()))),
+        "amqp" | "amqps" => Ok(Arc::new(Instrumented(amqp::AmqpBus::connect(uri, exchange).await?))),
+        "redis" | "rediss" => Ok(Arc::new(Instrumented(redis::RedisBus::connect(uri, exchange).await?))),
         _ => Err(BusError::InvalidUri {
             uri: uri.to_string(),
             reason: "scheme must be memory://, amqp://, amqps://, redis:// or rediss://".into(),
         }),
+    }
+}
+
+/// A bus whose requests are timed and whose failures are counted in the
+/// process's metrics (`commissaire_bus_request_duration_seconds`,
+/// `commissaire_errors_total`). [`connect`] returns every backend wrapped.
+pub struct Instrumented<B>(pub B);
+
+#[async_trait]
+impl<B: Bus> Bus for Instrumented<B> {
+    async fn request(&self, routing_key: &str, params: Value, timeout: Duration) -> Result<Value, BusError> {
+        let started = std::time::Instant::now();
+        let outcome = self.0.request(routing_key, params, timeout).await;
+        let metrics = crate::metrics::get();
+        metrics.bus_request(routing_key, started.elapsed().as_secs_f64());
+        if let Err(err) = &outcome {
+            metrics.error(match err {
+                BusError::Timeout { .. } => crate::metrics::ErrorKind::BusTimeout,
+                BusError::Transport(_) => crate::metrics::ErrorKind::BusTransport,
+                BusError::Rpc(_) => crate::metrics::ErrorKind::BusRpc,
+                _ => crate::metrics::ErrorKind::BusOther,
+            });
+        }
+        outcome
+    }
+
+    async fn publish(&self, routing_key: &str, body: &Value) -> Result<(), BusError> {
+        self.0.publish(routing_key, body).await
+    }
+
+    async fn subscribe(&self, patterns: &[&str]) -> Result<Subscription, BusError> {
+        self.0.subscribe(patterns).await
+    }
+
+    async fn serve(
+        &self,
+        queue: &str,
+        patterns: &[&str],
+        handler: Arc<dyn Handler>,
+        options: ServeOptions,
+    ) -> Result<ServeHandle, BusError> {
+        self.0.serve(queue, patterns, handler, options).await
     }
 }

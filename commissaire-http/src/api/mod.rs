@@ -11,6 +11,7 @@
 //!   400);
 //! * `ssh_priv_key` leaves only through `GET /api/v0/host/{address}/creds`.
 
+pub mod audit;
 mod clusters;
 mod error;
 mod hosts;

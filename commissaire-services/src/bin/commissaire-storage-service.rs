@@ -48,6 +48,16 @@ async fn main() -> anyhow::Result<()> {
     let specs = storage::handlers::parse(config.members.get("storage_handlers"))?;
     let handlers = storage::open_handlers(specs).await?;
     let bus = config.connect_bus().await?;
-    let service = std::sync::Arc::new(storage::StorageService::new(handlers, secrets, bus.clone()));
+    let retention = match config.members.get("audit_retention") {
+        None => storage::audit::DEFAULT_RETENTION,
+        Some(value) => value
+            .as_u64()
+            .filter(|n| *n > 0)
+            .map(|n| n as usize)
+            .context("audit_retention must be a positive number of entries")?,
+    };
+    let service = std::sync::Arc::new(
+        storage::StorageService::new(handlers, secrets, bus.clone()).with_audit_retention(retention),
+    );
     runner::serve_until_stopped(&config, &bus, storage::QUEUE, storage::PATTERNS, service, "storage").await
 }

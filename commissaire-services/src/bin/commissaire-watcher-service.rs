@@ -47,6 +47,7 @@ async fn main() -> anyhow::Result<()> {
         tick: cli.tick,
     };
     let settings = watcher::settings(&config.members, &flags)?;
+    config.start_metrics().await?;
     let bus = config.connect_bus().await?;
     let ssh = watcher::transport_for(&settings);
     let running = Watcher::new(bus, Arc::new(SshCheck::new(ssh)), settings.clone()).spawn();

@@ -14,6 +14,7 @@
 //!   stale one fails with code 409 and writes nothing, which is how callers
 //!   update a record without losing a concurrent update.
 
+pub mod audit;
 pub mod handlers;
 pub mod keys;
 
@@ -49,6 +50,7 @@ pub struct StorageService {
     by_name: HashMap<String, usize>,
     secrets: SecretsKey,
     bus: Arc<dyn Bus>,
+    audit: audit::AuditLog,
 }
 
 impl StorageService {
@@ -67,7 +69,67 @@ impl StorageService {
             by_model.insert(ModelType::HostCreds, host_store);
             by_model.entry(ModelType::WatcherRecord).or_insert(host_store);
         }
-        Self { handlers, by_model, by_name, secrets, bus }
+        Self { handlers, by_model, by_name, secrets, bus, audit: audit::AuditLog::new(audit::DEFAULT_RETENTION) }
+    }
+
+    /// Keeps at most about `entries` audit entries (see [`audit`]).
+    pub fn with_audit_retention(mut self, entries: usize) -> Self {
+        self.audit = audit::AuditLog::new(entries);
+        self
+    }
+
+    /// The store of the audit log: the one holding clusters, else the first.
+    fn audit_store(&self) -> Result<&Arc<dyn Store>, RpcError> {
+        self.by_model
+            .get(&ModelType::Cluster)
+            .map(|&i| &self.handlers[i].store)
+            .or_else(|| self.handlers.first().map(|h| &h.store))
+            .ok_or_else(|| RpcError::invalid_params("no storage handler is configured"))
+    }
+
+    async fn audit_append(&self, params: &Value) -> Result<Value, RpcError> {
+        let entry = self.audit.append(self.audit_store()?.as_ref(), params).await?;
+        if let Err(err) = self.bus.publish("notify.audit.entry", &entry).await {
+            tracing::warn!(error = %err, "could not publish the audit entry");
+        }
+        Ok(entry)
+    }
+
+    /// Hosts by status and operation records by kind and status, for metrics:
+    /// `{"hosts": {status: n}, "operations": {kind: {status: n}}}`.
+    async fn counts(&self) -> Result<Value, RpcError> {
+        let mut hosts = serde_json::Map::new();
+        let host_store = self.store_for(ModelType::Host, &Value::Null)?;
+        let prefix = keys::list_prefix(ModelType::Host).unwrap_or_default();
+        for (key, stored) in host_store.list(&prefix).await.map_err(|e| store_error(ModelType::Host, "*", e))? {
+            if let Ok(doc) = self.decode(ModelType::Host, &key, &stored) {
+                let status = doc.get("status").and_then(Value::as_str).unwrap_or("").to_string();
+                let n = hosts.get(&status).and_then(Value::as_i64).unwrap_or(0);
+                hosts.insert(status, json!(n + 1));
+            }
+        }
+        let mut operations = serde_json::Map::new();
+        for (t, kind) in [
+            (ModelType::ClusterRestart, "restart"),
+            (ModelType::ClusterUpgrade, "upgrade"),
+            (ModelType::ClusterDeploy, "deploy"),
+        ] {
+            let mut by_status = serde_json::Map::new();
+            let store = self.store_for(t, &Value::Null)?;
+            let entries = store.list(&format!("{}cluster/", keys::ROOT)).await.map_err(|e| store_error(t, "*", e))?;
+            for (key, stored) in entries {
+                if !key.ends_with(&format!("/{kind}")) {
+                    continue;
+                }
+                if let Ok(doc) = self.decode(t, &key, &stored) {
+                    let status = doc.get("status").and_then(Value::as_str).unwrap_or("").to_string();
+                    let n = by_status.get(&status).and_then(Value::as_i64).unwrap_or(0);
+                    by_status.insert(status, json!(n + 1));
+                }
+            }
+            operations.insert(kind.into(), Value::Object(by_status));
+        }
+        Ok(json!({"hosts": hosts, "operations": operations}))
     }
 
     /// The store holding `t` (or, for a host with a `source`, that handler's).
@@ -250,6 +312,9 @@ impl Handler for StorageService {
             "delete" => self.delete(&params).await,
             "list" => self.list(&params).await,
             "list_store_handlers" => Ok(self.list_store_handlers()),
+            "audit_append" => self.audit_append(&params).await,
+            "audit_list" => self.audit.list(self.audit_store()?.as_ref(), &params).await,
+            "counts" => self.counts().await,
             // Readiness: every store answers.
             "ping" => self
                 .ping()

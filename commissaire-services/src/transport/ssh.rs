@@ -162,6 +162,21 @@ pub enum TransportError {
     Protocol { address: String, message: String },
 }
 
+impl TransportError {
+    /// The reason as a metrics label (a closed set, never an address).
+    pub fn metric_reason(&self) -> &'static str {
+        match self {
+            TransportError::Unreachable { .. } => "unreachable",
+            TransportError::HostKeyChanged { .. } => "host_key_changed",
+            TransportError::AuthenticationFailed { .. } => "auth_failed",
+            TransportError::CommandTimedOut { .. } => "timeout",
+            TransportError::BadPrivateKey { .. } | TransportError::BadPinnedHostKey { .. } => "bad_key",
+            TransportError::InvalidCommand { .. } => "refused",
+            TransportError::Protocol { .. } => "protocol",
+        }
+    }
+}
+
 fn protocol(address: &str, what: &str, e: impl fmt::Display) -> TransportError {
     TransportError::Protocol { address: address.to_owned(), message: format!("{what}: {e}") }
 }
@@ -343,6 +358,14 @@ impl SshTransport {
     /// Run `command` on `target`. A non-zero exit status is not an error: see
     /// [`CommandOutput::exit_status`].
     pub async fn run(&self, target: &HostTarget, command: &Command) -> Result<CommandOutput, TransportError> {
+        let outcome = self.run_counted(target, command).await;
+        if let Err(err) = &outcome {
+            commissaire_core::metrics::get().ssh_failed(err.metric_reason());
+        }
+        outcome
+    }
+
+    async fn run_counted(&self, target: &HostTarget, command: &Command) -> Result<CommandOutput, TransportError> {
         let address = target.address.as_str();
         if command.has_nul() {
             return Err(TransportError::InvalidCommand {
@@ -382,6 +405,7 @@ impl SshTransport {
         let _permit =
             self.inner.sessions.clone().acquire_owned().await.map_err(|e| protocol(address, "session limit", e))?;
         let _count = SessionCount::new(&self.inner);
+        let _open = commissaire_core::metrics::get().ssh_session();
         let key = Arc::new(key);
 
         for attempt in 0.. {
