@@ -12,57 +12,20 @@ use commissaire_core::{
     model::{Cluster, ClusterRestart, Host},
     storage_client::StorageClient,
 };
-use commissaire_http::{
-    allinone::{self, AllInOne},
-    api::Api,
-    auth::{Authenticator, PluginSpec},
-    server::{self, AppState},
-};
 use http_body_util::{BodyExt, Empty};
 use hyper::{Request, StatusCode, body::Incoming};
 use hyper_util::rt::TokioIo;
-use serde_json::{Map, Value, json};
-use tokio::{net::TcpListener, sync::oneshot};
+use serde_json::{Value, json};
 
 const ADMIN: (&str, &str) = ("admin", "admin-pass");
 const VIEWER: (&str, &str) = ("viewer", "viewer-pass");
 
-struct TestServer {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-    aio: AllInOne,
-    _dir: tempfile::TempDir,
-}
+#[path = "support/server.rs"]
+mod support_server;
+use support_server::TestServer;
 
 async fn start_server() -> TestServer {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let users = dir.path().join("users.json");
-    let hash = |password: &str| bcrypt::hash(password, 4).expect("bcrypt");
-    let users_doc = json!({
-        ADMIN.0: {"hash": hash(ADMIN.1), "role": "read-write"},
-        VIEWER.0: {"hash": hash(VIEWER.1), "role": "read-only"},
-    });
-    std::fs::write(&users, users_doc.to_string()).expect("users file");
-    let mut options = Map::new();
-    options.insert("filepath".into(), json!(users));
-    let spec = PluginSpec { name: "httpbasicauth".into(), options };
-    let aio = allinone::start(
-        &dir.path().join("data"),
-        vec![spec],
-        allinone::Options { host_services: false, ..Default::default() },
-    )
-    .await
-    .expect("all-in-one services");
-    let auth = Authenticator::new(aio.plugins.clone()).expect("authenticator");
-    let state = Arc::new(AppState::new(Api::new(aio.bus.clone()), auth));
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("address");
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(server::serve(listener, None, state, async move {
-        let _ = stopped.await;
-    }));
-    TestServer { addr, stop: Some(stop), task, aio, _dir: dir }
+    support_server::start_server(ADMIN, VIEWER).await
 }
 
 fn basic((user, password): (&str, &str)) -> String {

@@ -21,7 +21,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
     sync::{
-        Arc, Mutex,
+        Mutex,
         atomic::{AtomicUsize, Ordering},
     },
     time::Duration,
@@ -29,17 +29,13 @@ use std::{
 
 use base64::Engine as _;
 use commissaire_http::{
-    allinone::{self, AllInOne},
-    api::Api,
-    auth::{Authenticator, PluginSpec},
     router::{self, Control, Operation, Route},
-    server::{self, AppState, MAX_BODY_BYTES},
+    server::MAX_BODY_BYTES,
 };
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-    sync::oneshot,
+    net::TcpStream,
 };
 
 const ADMIN: (&str, &str) = ("admin", "admin-pass:with-colon");
@@ -181,57 +177,12 @@ fn the_table_covers_every_route_and_matches_the_router() {
 // ---------------------------------------------------------------------------
 // The server under test
 
-struct TestServer {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-    aio: AllInOne,
-    _dir: tempfile::TempDir,
-}
+#[path = "support/server.rs"]
+mod support_server;
+use support_server::TestServer;
 
 async fn start_server() -> TestServer {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let users = dir.path().join("users.json");
-    let hash = |password: &str| bcrypt::hash(password, 4).expect("bcrypt");
-    let users_doc = json!({
-        ADMIN.0: {"hash": hash(ADMIN.1), "role": "read-write"},
-        VIEWER.0: {"hash": hash(VIEWER.1), "role": "read-only"},
-    });
-    std::fs::write(&users, users_doc.to_string()).expect("write users file");
-    let mut options = Map::new();
-    options.insert("filepath".into(), json!(users));
-    let spec = PluginSpec { name: "httpbasicauth".into(), options };
-    let aio = allinone::start(
-        &dir.path().join("data"),
-        vec![spec],
-        allinone::Options { host_services: false, ..Default::default() },
-    )
-    .await
-    .expect("start the all-in-one services");
-    let auth = Authenticator::new(aio.plugins.clone()).expect("authenticator");
-    let state = Arc::new(AppState::new(Api::new(aio.bus.clone()), auth));
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("local address");
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(server::serve(listener, None, state, async move {
-        let _ = stopped.await;
-    }));
-    TestServer { addr, stop: Some(stop), task, aio, _dir: dir }
-}
-
-impl TestServer {
-    async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        tokio::time::timeout(Duration::from_secs(30), &mut self.task)
-            .await
-            .expect("the server did not stop")
-            .expect("the server task panicked");
-        for service in std::mem::take(&mut self.aio.services) {
-            service.shutdown().await;
-        }
-    }
+    support_server::start_server(ADMIN, VIEWER).await
 }
 
 // ---------------------------------------------------------------------------
