@@ -22,7 +22,7 @@ use commissaire_features::{
     stack::{ADMIN, Binaries, Stack},
     test_hosts::{HostLease, TestHosts},
 };
-use cucumber::{World as _, gherkin::Step, given, then, when, writer};
+use cucumber::{World as _, gherkin::Step, given, tag::Ext as _, then, when, writer};
 use hyper::Method;
 use serde_json::Value;
 
@@ -1016,13 +1016,21 @@ async fn run(name: &str, stack: &Stack, hosts: Option<Arc<TestHosts>>, kube: &Ar
         Some(Arc::new(Target { client: stack.client.clone(), users: stack.users.clone(), hosts, kube: kube.clone() }));
     let started = Instant::now();
     let features = concat!(env!("CARGO_MANIFEST_DIR"), "/features");
+    // cucumber replaces the run's own filter with `--name`/`--tags` when they
+    // are given; apply them here instead, on top of the `@hosts` split.
+    let mut options: cucumber::cli::Opts<_, _, _, cucumber::cli::Empty> = cli_options();
+    let by_name = options.re_filter.take();
+    let by_tags = options.tags_filter.take();
     let writer = ApiWorld::cucumber()
         .max_concurrent_scenarios(16)
         .fail_on_skipped()
-        .with_cli::<cucumber::cli::Empty>(cli_options())
-        .filter_run(features, move |feature, _, scenario| {
-            let tagged = feature.tags.iter().chain(&scenario.tags).any(|t| t == HOSTS_TAG);
+        .with_cli(options)
+        .filter_run(features, move |feature, rule, scenario| {
+            let tags = || feature.tags.iter().chain(rule.into_iter().flat_map(|r| &r.tags)).chain(&scenario.tags);
+            let tagged = tags().any(|t| t == HOSTS_TAG);
             tagged == want_hosts
+                && by_name.as_ref().is_none_or(|name| name.is_match(&scenario.name))
+                && by_tags.as_ref().is_none_or(|expr| expr.eval(tags()))
         })
         .await;
     let scenarios = writer.inner_writer().scenarios_stats();
