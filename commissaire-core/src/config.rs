@@ -82,6 +82,17 @@ pub fn string_member(config: &Map<String, Value>, member: &str) -> Result<Option
     }
 }
 
+/// A list of strings (a single string is taken as a list of one), empty if absent.
+pub fn string_list_member(config: &Map<String, Value>, member: &str) -> Result<Vec<String>, ConfigError> {
+    let bad = || ConfigError::BadMember { member: member.into(), reason: "must be a list of strings".into() };
+    match config.get(member) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::String(s)) => Ok(vec![s.clone()]),
+        Some(Value::Array(items)) => items.iter().map(|v| v.as_str().map(str::to_string).ok_or_else(bad)).collect(),
+        Some(_) => Err(bad()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,5 +118,10 @@ mod tests {
         std::fs::write(&path, "[1]").expect("write");
         assert!(matches!(load(Some(&path), Path::new("/x")), Err(ConfigError::NotAnObject { .. })));
         assert!(string_member(&parse(r#"{"bus_uri": 1}"#, "t").expect("parse"), "bus_uri").is_err());
+        let lists = parse(r#"{"a": ["x", "y"], "b": "z", "c": [1]}"#, "t").expect("parse");
+        assert_eq!(string_list_member(&lists, "a").expect("a"), vec!["x", "y"]);
+        assert_eq!(string_list_member(&lists, "b").expect("b"), vec!["z"]);
+        assert!(string_list_member(&lists, "c").is_err());
+        assert!(string_list_member(&lists, "absent").expect("absent").is_empty());
     }
 }

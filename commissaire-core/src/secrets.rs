@@ -4,6 +4,11 @@
 //! A sealed value is JSON `{"v":1,"kid":<key id>,"nonce":<b64>,"ciphertext":<b64>}`.
 //! The associated data binds a ciphertext to the record it belongs to (its store
 //! key), so a sealed value copied to another host's record does not open.
+//!
+//! Rotation: a [`SecretsKey`] may also hold previous keys ([`SecretsKey::with_previous`]).
+//! Values are always sealed with the current key; a value is opened with whichever
+//! loaded key its `kid` names, so credentials stay readable while the storage
+//! service reseals them ([`SecretsKey::needs_reseal`]).
 
 use std::{fs, io::Write, path::Path};
 
@@ -28,22 +33,28 @@ pub enum SecretsError {
     BadKey { path: String },
     #[error("sealed value is malformed: {0}")]
     Malformed(String),
-    #[error("sealed value was made with key {found}, but the loaded key is {expected}")]
+    #[error(
+        "sealed value was made with key {found}, but the loaded keys are {expected} \
+         (add the old key with previous_secrets_key_files to read it)"
+    )]
     WrongKey { found: String, expected: String },
     #[error("sealed value failed authentication (tampered, or sealed for another record)")]
     Authentication,
 }
 
-/// The key that seals and opens secrets.
+/// The key that seals and opens secrets, with the previous keys that only open.
 #[derive(Clone)]
 pub struct SecretsKey {
     cipher: XChaCha20Poly1305,
     id: String,
+    /// Older keys (id, cipher), kept during a rotation to open what they sealed.
+    previous: Vec<(String, XChaCha20Poly1305)>,
 }
 
 impl std::fmt::Debug for SecretsKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SecretsKey").field("id", &self.id).finish_non_exhaustive()
+        let previous: Vec<&str> = self.previous.iter().map(|(id, _)| id.as_str()).collect();
+        f.debug_struct("SecretsKey").field("id", &self.id).field("previous", &previous).finish_non_exhaustive()
     }
 }
 
@@ -59,7 +70,28 @@ impl SecretsKey {
     fn from_bytes(bytes: &[u8; 32]) -> Self {
         let cipher = XChaCha20Poly1305::new(bytes.into());
         let id = key_id(&cipher);
-        Self { cipher, id }
+        Self { cipher, id, previous: Vec::new() }
+    }
+
+    /// Adds `older` (a key being rotated out) as a key that opens but never seals.
+    /// The same key as the current one is ignored.
+    pub fn with_previous(mut self, older: SecretsKey) -> Self {
+        if older.id != self.id && !self.previous.iter().any(|(id, _)| *id == older.id) {
+            self.previous.push((older.id, older.cipher));
+        }
+        self
+    }
+
+    /// The ids of the previous keys, oldest last.
+    pub fn previous_ids(&self) -> Vec<&str> {
+        self.previous.iter().map(|(id, _)| id.as_str()).collect()
+    }
+
+    /// Whether `sealed` was made with a key other than the current one (and so
+    /// should be sealed again before that key is dropped). Malformed values are
+    /// not resealable and answer `false`.
+    pub fn needs_reseal(&self, sealed: &[u8]) -> bool {
+        serde_json::from_slice::<Sealed>(sealed).is_ok_and(|s| s.kid != self.id)
     }
 
     /// Loads the key from `path` (32 bytes, base64 on one line).
@@ -106,6 +138,12 @@ impl SecretsKey {
         }
     }
 
+    /// Loads the current key from `current` and the keys being rotated out from
+    /// `previous` (see [`SecretsKey::with_previous`]).
+    pub fn load_with_previous(current: &Path, previous: &[std::path::PathBuf]) -> Result<Self, SecretsError> {
+        previous.iter().try_fold(Self::load(current)?, |key, path| Ok(key.with_previous(Self::load(path)?)))
+    }
+
     /// A short public identifier of the key (not secret), stored with each value.
     pub fn id(&self) -> &str {
         &self.id
@@ -135,15 +173,21 @@ impl SecretsKey {
         if sealed.v != 1 {
             return Err(SecretsError::Malformed(format!("unknown version {}", sealed.v)));
         }
-        if sealed.kid != self.id {
-            return Err(SecretsError::WrongKey { found: sealed.kid, expected: self.id.clone() });
-        }
+        let cipher = if sealed.kid == self.id {
+            &self.cipher
+        } else if let Some((_, cipher)) = self.previous.iter().find(|(id, _)| *id == sealed.kid) {
+            cipher
+        } else {
+            let mut loaded = vec![self.id.as_str()];
+            loaded.extend(self.previous_ids());
+            return Err(SecretsError::WrongKey { found: sealed.kid, expected: loaded.join(", ") });
+        };
         let nonce = STANDARD.decode(&sealed.nonce).map_err(|e| SecretsError::Malformed(e.to_string()))?;
         if nonce.len() != 24 {
             return Err(SecretsError::Malformed("nonce must be 24 bytes".into()));
         }
         let ciphertext = STANDARD.decode(&sealed.ciphertext).map_err(|e| SecretsError::Malformed(e.to_string()))?;
-        self.cipher
+        cipher
             .decrypt(XNonce::from_slice(&nonce), Payload { msg: &ciphertext, aad: context.as_bytes() })
             .map_err(|_| SecretsError::Authentication)
     }
@@ -183,6 +227,31 @@ mod tests {
             let mode = fs::metadata(&path).expect("stat").permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    #[test]
+    fn previous_keys_open_but_never_seal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let old = SecretsKey::generate(&dir.path().join("old.key")).expect("generate");
+        let new = SecretsKey::generate(&dir.path().join("new.key")).expect("generate");
+        let context = "/commissaire/secrets/hosts/10.0.0.1";
+        let sealed_old = old.seal(context, b"OLD");
+
+        // Without the old key the value is refused, naming both ids.
+        let err = new.open(context, &sealed_old).expect_err("old key not loaded");
+        assert!(err.to_string().contains(old.id()) && err.to_string().contains(new.id()), "{err}");
+
+        let ring = new.clone().with_previous(old.clone()).with_previous(old.clone());
+        assert_eq!(ring.previous_ids(), vec![old.id()]);
+        assert_eq!(ring.open(context, &sealed_old).expect("open with previous"), b"OLD");
+        assert!(ring.needs_reseal(&sealed_old));
+        let resealed = ring.seal(context, b"OLD");
+        assert!(!ring.needs_reseal(&resealed));
+        // Sealed with the current key: the new key alone opens it.
+        assert_eq!(new.open(context, &resealed).expect("open"), b"OLD");
+        assert!(!ring.needs_reseal(b"not json"));
+        // The current key as "previous" is ignored.
+        assert!(new.clone().with_previous(new.clone()).previous_ids().is_empty());
     }
 
     #[test]

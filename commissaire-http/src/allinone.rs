@@ -65,6 +65,9 @@ pub struct Options {
     pub webhooks: Option<serde_json::Value>,
     /// Audit entries kept (default `storage::audit::DEFAULT_RETENTION`).
     pub audit_retention: Option<usize>,
+    /// Keys being rotated out: they open what they sealed, and everything they
+    /// sealed is sealed again with `secrets.key` at start-up.
+    pub previous_secrets_key_files: Vec<std::path::PathBuf>,
 }
 
 impl Default for Options {
@@ -76,6 +79,7 @@ impl Default for Options {
             clusterexec: serde_json::Map::new(),
             webhooks: None,
             audit_retention: None,
+            previous_secrets_key_files: Vec::new(),
         }
     }
 }
@@ -84,6 +88,10 @@ impl Default for Options {
 pub async fn start(data_dir: &Path, configured_plugins: Vec<PluginSpec>, options: Options) -> anyhow::Result<AllInOne> {
     create_private_dir(data_dir)?;
     let key = SecretsKey::load_or_generate(&data_dir.join("secrets.key"))?;
+    let key = options
+        .previous_secrets_key_files
+        .iter()
+        .try_fold(key, |key, path| SecretsKey::load(path).map(|older| key.with_previous(older)))?;
     let store_path = data_dir.join("store.redb");
     let specs = storage::handlers::parse(Some(&json!([{"type": "embedded", "path": store_path}])))?;
     let handlers = storage::open_handlers(specs)
@@ -94,6 +102,19 @@ pub async fn start(data_dir: &Path, configured_plugins: Vec<PluginSpec>, options
         StorageService::new(handlers, key, bus.clone())
             .with_audit_retention(options.audit_retention.unwrap_or(storage::audit::DEFAULT_RETENTION)),
     );
+    if !options.previous_secrets_key_files.is_empty() {
+        // Before serving, so that once started the previous keys are no longer needed.
+        let report = storage_service.reseal_secrets().await;
+        tracing::info!(
+            resealed = report.resealed,
+            current = report.current,
+            failed = report.failed,
+            "host credentials resealed with the current secrets key"
+        );
+        if report.failed > 0 {
+            anyhow::bail!("{} host credentials could not be resealed (see the log)", report.failed);
+        }
+    }
     let endpoints = commissaire_services::webhooks::from_config(options.webhooks.as_ref())?;
     let webhooks = commissaire_services::webhooks::start(bus.clone(), endpoints).await?;
     let containermgr_service = Arc::new(ContainerManagerService::new(bus.clone()));

@@ -33,6 +33,7 @@ async fn main() -> anyhow::Result<()> {
                     clusterexec: settings.clusterexec.clone(),
                     webhooks: settings.webhooks.clone(),
                     audit_retention: settings.audit_retention,
+                    previous_secrets_key_files: settings.previous_secrets_key_files.clone(),
                 },
             )
             .await?;

@@ -99,6 +99,8 @@ pub struct Settings {
     pub webhooks: Option<Value>,
     /// Audit entries the all-in-one storage keeps (`audit_retention`).
     pub audit_retention: Option<usize>,
+    /// Keys being rotated out of the all-in-one (`previous_secrets_key_files`).
+    pub previous_secrets_key_files: Vec<std::path::PathBuf>,
 }
 
 fn member<'a>(file: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
@@ -214,6 +216,13 @@ impl Flags {
                         .context("audit_retention must be a positive number of entries")?,
                 ),
             },
+            previous_secrets_key_files: commissaire_core::config::string_list_member(
+                &file,
+                "previous_secrets_key_files",
+            )?
+            .into_iter()
+            .map(std::path::PathBuf::from)
+            .collect(),
         })
     }
 }

@@ -130,3 +130,136 @@ async fn serves_storage_on_amqp_and_etcd_from_its_config_file() {
     assert_eq!(got.kvs().len(), 1);
     etcd.delete(namespace.clone(), Some(etcd_client::DeleteOptions::new().with_prefix())).await.expect("cleanup");
 }
+
+/// Saves host credentials through a storage service started with `key` (and
+/// `previous` keys), or reads them back; the service is stopped afterwards.
+async fn with_service<T>(
+    config: &std::path::Path,
+    exchange: &str,
+    key: &std::path::Path,
+    previous: &[&std::path::Path],
+    work: impl AsyncFnOnce(&Arc<dyn Bus>) -> T,
+) -> T {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_commissaire-storage-service"));
+    command.arg("-c").arg(config).arg("--secrets-key-file").arg(key).stdout(Stdio::null());
+    for older in previous {
+        command.arg("--previous-secrets-key-file").arg(older);
+    }
+    let _service = Service(command.spawn().expect("start storage service"));
+    let client: Arc<dyn Bus> = bus::connect(&env("COMMISSAIRE_AMQP_URL"), exchange).await.expect("connect");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(err) = client.request("storage.list_store_handlers", json!({}), Duration::from_secs(2)).await {
+        assert!(Instant::now() < deadline, "storage service never answered: {err}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    work(&client).await
+}
+
+fn creds(address: &str) -> serde_json::Value {
+    json!({"address": address, "ssh_priv_key": "c2VjcmV0", "remote_user": "root"})
+}
+
+async fn get_creds(client: &Arc<dyn Bus>, address: &str) -> Result<serde_json::Value, bus::BusError> {
+    client
+        .request(
+            "storage.get",
+            json!({"model_type_name": "HostCreds", "model_json_data": {"address": address}}),
+            Duration::from_secs(5),
+        )
+        .await
+}
+
+fn reseal(config: &std::path::Path, key: &std::path::Path, previous: &std::path::Path) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_commissaire-storage-service"))
+        .arg("-c")
+        .arg(config)
+        .arg("--secrets-key-file")
+        .arg(key)
+        .arg("--previous-secrets-key-file")
+        .arg(previous)
+        .arg("--reseal-secrets")
+        .output()
+        .expect("run --reseal-secrets");
+    (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+#[tokio::test]
+async fn rotates_the_secrets_key_without_losing_a_credential() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (old, new) = (dir.path().join("old.key"), dir.path().join("new.key"));
+    for key in [&old, &new] {
+        let status = Command::new(env!("CARGO_BIN_EXE_commissaire-storage-service"))
+            .arg("--generate-secrets-key")
+            .arg(key)
+            .stdout(Stdio::null())
+            .status()
+            .expect("run");
+        assert!(status.success());
+    }
+    let exchange = format!("t-{}", uuid::Uuid::new_v4());
+    let namespace = format!("/t-{}", uuid::Uuid::new_v4());
+    let config = dir.path().join("storage.conf");
+    std::fs::write(
+        &config,
+        json!({
+            "bus_uri": env("COMMISSAIRE_AMQP_URL"),
+            "bus_exchange": exchange,
+            "storage_handlers": [{"type": "etcd", "server_url": env("COMMISSAIRE_ETCD_URL"), "namespace": namespace}],
+        })
+        .to_string(),
+    )
+    .expect("write config");
+    let addresses = ["10.9.0.1", "10.9.0.2", "10.9.0.3"];
+
+    with_service(&config, &exchange, &old, &[], async |client| {
+        for address in addresses {
+            let params = json!({"model_type_name": "HostCreds", "model_json_data": creds(address)});
+            client.request("storage.save", params, Duration::from_secs(5)).await.expect("save creds");
+        }
+    })
+    .await;
+
+    // The new key alone cannot open them, and says how to fix that.
+    let refused = with_service(&config, &exchange, &new, &[], async |client| get_creds(client, addresses[0]).await)
+        .await
+        .expect_err("opened with the wrong key");
+    assert!(refused.to_string().contains("previous_secrets_key_files"), "{refused}");
+
+    // During the rotation both keys are loaded: reads work, new writes use the new key.
+    with_service(&config, &exchange, &new, &[&old], async |client| {
+        assert_eq!(get_creds(client, addresses[0]).await.expect("open with the previous key"), creds(addresses[0]));
+        let params = json!({"model_type_name": "HostCreds", "model_json_data": creds("10.9.0.4")});
+        client.request("storage.save", params, Duration::from_secs(5)).await.expect("save creds");
+    })
+    .await;
+
+    // The one-off reseal rewrites what the old key sealed (the service above
+    // started resealing too; whatever it did, the counts add up to 4).
+    let (ok, report) = reseal(&config, &new, &old);
+    assert!(ok, "{report}");
+    // "resealed N host credentials with key ID; M already used it; F failed"
+    let words: Vec<&str> = report.split_whitespace().map(|w| w.trim_end_matches(';')).collect();
+    let numbers: Vec<usize> = words
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i == 0 || words[i - 1] != "key") // the key id may be all digits
+        .filter_map(|(_, w)| w.parse().ok())
+        .collect();
+    assert!(report.starts_with("resealed "), "{report}");
+    assert_eq!(numbers.len(), 3, "{report}");
+    assert_eq!(numbers[0] + numbers[1], 4, "{report}");
+    assert_eq!(numbers[2], 0, "{report}");
+    let (ok, again) = reseal(&config, &new, &old);
+    assert!(ok && again.contains("resealed 0 ") && again.contains("; 4 already used it; 0 failed"), "{again}");
+
+    // The old key is no longer needed.
+    with_service(&config, &exchange, &new, &[], async |client| {
+        for address in addresses.iter().chain(&["10.9.0.4"]) {
+            assert_eq!(get_creds(client, address).await.expect("open with the new key"), creds(address));
+        }
+    })
+    .await;
+
+    let mut etcd = etcd_client::Client::connect([env("COMMISSAIRE_ETCD_URL")], None).await.expect("etcd");
+    etcd.delete(namespace.clone(), Some(etcd_client::DeleteOptions::new().with_prefix())).await.expect("cleanup");
+}

@@ -19,9 +19,17 @@ struct Cli {
     /// Key that seals host credentials (overrides `secrets_key_file`).
     #[arg(long, value_name = "PATH")]
     secrets_key_file: Option<PathBuf>,
+    /// A key being rotated out: opens what it sealed, never seals (repeatable;
+    /// overrides `previous_secrets_key_files`).
+    #[arg(long, value_name = "PATH")]
+    previous_secrets_key_file: Vec<PathBuf>,
     /// Write a new secrets key to PATH and exit.
     #[arg(long, value_name = "PATH", exclusive = true)]
     generate_secrets_key: Option<PathBuf>,
+    /// Seal every stored host credential made with a previous key again with the
+    /// current key, print what was done and exit (1 if any could not be).
+    #[arg(long)]
+    reseal_secrets: bool,
 }
 
 #[tokio::main]
@@ -41,12 +49,37 @@ async fn main() -> anyhow::Result<()> {
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_SECRETS_KEY)),
     };
+    let previous: Vec<PathBuf> = if cli.previous_secrets_key_file.is_empty() {
+        config::string_list_member(&config.members, "previous_secrets_key_files")?
+            .into_iter()
+            .map(PathBuf::from)
+            .collect()
+    } else {
+        cli.previous_secrets_key_file
+    };
     // A production service never invents a key: credentials sealed with a key
     // nobody kept would be lost.
-    let secrets = SecretsKey::load(&key_path)?;
+    let secrets = SecretsKey::load_with_previous(&key_path, &previous)?;
 
     let specs = storage::handlers::parse(config.members.get("storage_handlers"))?;
     let handlers = storage::open_handlers(specs).await?;
+    if cli.reseal_secrets {
+        // Needs only the stores: a bus that is never served.
+        let bus = std::sync::Arc::new(commissaire_core::bus::memory::MemoryBus::new());
+        let service = storage::StorageService::new(handlers, secrets, bus);
+        let report = service.reseal_secrets().await;
+        println!(
+            "resealed {} host credentials with key {}; {} already used it; {} failed",
+            report.resealed,
+            service.secrets_key_id(),
+            report.current,
+            report.failed
+        );
+        if report.failed > 0 {
+            anyhow::bail!("{} credentials could not be resealed (see the log); keep the previous keys", report.failed);
+        }
+        return Ok(());
+    }
     let bus = config.connect_bus().await?;
     let retention = match config.members.get("audit_retention") {
         None => storage::audit::DEFAULT_RETENTION,
@@ -59,5 +92,19 @@ async fn main() -> anyhow::Result<()> {
     let service = std::sync::Arc::new(
         storage::StorageService::new(handlers, secrets, bus.clone()).with_audit_retention(retention),
     );
+    if !previous.is_empty() {
+        // Rotation: reseal in the background while serving; what is not yet
+        // resealed still opens with the previous keys.
+        let resealer = service.clone();
+        tokio::spawn(async move {
+            let report = resealer.reseal_secrets().await;
+            tracing::info!(
+                resealed = report.resealed,
+                current = report.current,
+                failed = report.failed,
+                "host credentials resealed with the current secrets key"
+            );
+        });
+    }
     runner::serve_until_stopped(&config, &bus, storage::QUEUE, storage::PATTERNS, service, "storage").await
 }

@@ -11,7 +11,7 @@ pub fn record_key(t: ModelType, key: &str) -> String {
     match t {
         ModelType::Host => format!("{ROOT}hosts/{key}"),
         // Sealed; a separate tree so a listing of hosts never meets a secret.
-        ModelType::HostCreds => format!("{ROOT}secrets/hosts/{key}"),
+        ModelType::HostCreds => format!("{}{key}", host_creds_prefix()),
         ModelType::Cluster => format!("{ROOT}clusters/{key}"),
         ModelType::ClusterDeploy => format!("{ROOT}cluster/{key}/deploy"),
         ModelType::ClusterRestart => format!("{ROOT}cluster/{key}/restart"),
@@ -20,6 +20,12 @@ pub fn record_key(t: ModelType, key: &str) -> String {
         ModelType::ContainerManagerConfig => format!("{ROOT}container_managers/{key}"),
         ModelType::WatcherRecord => format!("{ROOT}watcher/{key}"),
     }
+}
+
+/// Where every host's sealed credentials live (not listable through
+/// `storage.list`; only key rotation walks it).
+pub fn host_creds_prefix() -> String {
+    format!("{ROOT}secrets/hosts/")
 }
 
 /// The prefix under which every record of a listable type lives.

@@ -37,6 +37,17 @@ pub const PATTERNS: &[&str] = &["storage.*"];
 /// The shared queue its instances consume.
 pub const QUEUE: &str = "storage";
 
+/// What [`StorageService::reseal_secrets`] found and did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ResealReport {
+    /// Credentials sealed again with the current key.
+    pub resealed: usize,
+    /// Credentials already sealed with the current key.
+    pub current: usize,
+    /// Credentials (or stores) that could not be resealed; see the log.
+    pub failed: usize,
+}
+
 /// A configured handler with its open store.
 pub struct OpenHandler {
     pub spec: HandlerSpec,
@@ -72,10 +83,67 @@ impl StorageService {
         Self { handlers, by_model, by_name, secrets, bus, audit: audit::AuditLog::new(audit::DEFAULT_RETENTION) }
     }
 
+    /// The id of the key that seals (not secret).
+    pub fn secrets_key_id(&self) -> &str {
+        self.secrets.id()
+    }
+
     /// Keeps at most about `entries` audit entries (see [`audit`]).
     pub fn with_audit_retention(mut self, entries: usize) -> Self {
         self.audit = audit::AuditLog::new(entries);
         self
+    }
+
+    /// Seals again, with the current key, every stored host credential that a
+    /// previous key sealed (key rotation). Each rewrite is compare-and-swap on
+    /// the revision read, so a credential saved meanwhile (already under the
+    /// current key) is left as it is. Safe to run from several instances at once.
+    pub async fn reseal_secrets(&self) -> ResealReport {
+        let mut report = ResealReport::default();
+        let prefix = keys::host_creds_prefix();
+        // Credentials live beside their hosts, which a `source` may put in any handler.
+        for handler in &self.handlers {
+            let entries = match handler.store.list(&prefix).await {
+                Ok(entries) => entries,
+                Err(err) => {
+                    tracing::error!(handler = %handler.spec.name, error = %err, "cannot list credentials to reseal");
+                    report.failed += 1;
+                    continue;
+                }
+            };
+            for (key, stored) in entries {
+                if !self.secrets.needs_reseal(&stored.value) {
+                    report.current += 1;
+                    continue;
+                }
+                let outcome = match self.secrets.open(&key, &stored.value) {
+                    Ok(plain) => handler
+                        .store
+                        .put(&key, self.secrets.seal(&key, &plain), Expect::Revision(stored.revision))
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                    Err(err) => Err(err.to_string()),
+                };
+                match outcome {
+                    Ok(()) => report.resealed += 1,
+                    // Rewritten or deleted since it was listed: whatever is there now
+                    // was written with the current key.
+                    Err(_)
+                        if handler.store.get(&key).await.is_ok_and(|now| {
+                            now.is_none_or(|v| v.revision != stored.revision && !self.secrets.needs_reseal(&v.value))
+                        }) =>
+                    {
+                        report.current += 1
+                    }
+                    Err(err) => {
+                        tracing::error!(key, error = %err, "cannot reseal a host credential");
+                        report.failed += 1;
+                    }
+                }
+            }
+        }
+        report
     }
 
     /// The store of the audit log: the one holding clusters, else the first.
