@@ -5,11 +5,14 @@
 //! Configuration (`webhooks` in commissaire.conf for the all-in-one server, or
 //! in webhooks.conf for `commissaire-webhook-service`):
 //! ```json
-//! {"webhooks": [{"url": "http://hooks.example:8080/commissaire",
+//! {"webhooks": [{"url": "https://hooks.example:8443/commissaire",
 //!                "secret_file": "/etc/commissaire/webhook.secret",
+//!                "ca_file": "/etc/commissaire/hooks-ca.pem",
 //!                "events": ["host", "operation"], "queue": 1000, "attempts": 6}]}
 //! ```
-//! (`secret` may be given inline instead of `secret_file`.)
+//! (`secret` may be given inline instead of `secret_file`. `https://` endpoints
+//! are verified against `ca_file`, default the system's bundle
+//! `/etc/ssl/certs/ca-certificates.crt`; `http://` ones are sent in clear.)
 //!
 //! Each notification is a `POST` of a JSON object with `Content-Type:
 //! application/json` and the headers `X-Commissaire-Event` (`host.status`,
@@ -25,8 +28,7 @@
 //!   30 s) until `attempts` are used, each attempt bounded by a timeout;
 //! * the secret is never logged.
 //!
-//! Only `http://` endpoints are supported: put a TLS-terminating proxy in front
-//! of an HTTPS receiver. Every instance of the service sends every notification
+//! Every instance of the service sends every notification
 //! (they subscribe, they do not share a queue): run one, or let receivers
 //! de-duplicate on the delivery id's content (`event`, `cluster`, `host`,
 //! `time`).
@@ -67,6 +69,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 #[error("webhooks: {0}")]
 pub struct ConfigError(String);
 
+/// Trusted by `https://` endpoints without a `ca_file` (Debian's ca-certificates).
+const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
 /// One configured endpoint.
 #[derive(Clone)]
 pub struct Endpoint {
@@ -74,6 +79,8 @@ pub struct Endpoint {
     host: String,
     port: u16,
     path: String,
+    /// For `https://` endpoints: the client configuration (trusted roots).
+    tls: Option<Arc<rustls::ClientConfig>>,
     secret: Vec<u8>,
     pub host_events: bool,
     pub operation_events: bool,
@@ -103,23 +110,35 @@ fn endpoint(i: usize, item: &Value) -> Result<Endpoint, ConfigError> {
     let err = |m: String| ConfigError(format!("endpoint {i}: {m}"));
     let obj = item.as_object().ok_or_else(|| err("must be an object".into()))?;
     for key in obj.keys() {
-        if !["url", "secret", "secret_file", "events", "queue", "attempts"].contains(&key.as_str()) {
+        if !["url", "secret", "secret_file", "ca_file", "events", "queue", "attempts"].contains(&key.as_str()) {
             return Err(err(format!(
-                "unknown member {key}; allowed: url, secret, secret_file, events, queue, attempts"
+                "unknown member {key}; allowed: url, secret, secret_file, ca_file, events, queue, attempts"
             )));
         }
     }
     let url = obj.get("url").and_then(Value::as_str).ok_or_else(|| err("url is required".into()))?.to_string();
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| err(format!("url {url:?} must start with http:// (put a TLS proxy before HTTPS receivers)")))?;
+    let (rest, default_port, tls) = if let Some(rest) = url.strip_prefix("https://") {
+        let ca_file = match obj.get("ca_file") {
+            None => SYSTEM_CA_BUNDLE,
+            Some(Value::String(path)) => path.as_str(),
+            Some(_) => return Err(err("ca_file must be a path".into())),
+        };
+        (rest, 443, Some(client_config(ca_file).map_err(err)?))
+    } else if let Some(rest) = url.strip_prefix("http://") {
+        if obj.contains_key("ca_file") {
+            return Err(err(format!("ca_file is only for https:// endpoints, not {url:?}")));
+        }
+        (rest, 80, None)
+    } else {
+        return Err(err(format!("url {url:?} must start with https:// or http://")));
+    };
     let (authority, path) = match rest.find('/') {
         Some(at) => (&rest[..at], rest[at..].to_string()),
         None => (rest, "/".to_string()),
     };
     let (host, port) = match authority.rsplit_once(':') {
         Some((h, p)) => (h.to_string(), p.parse().map_err(|_| err(format!("bad port in {url:?}")))?),
-        None => (authority.to_string(), 80),
+        None => (authority.to_string(), default_port),
     };
     if host.is_empty() {
         return Err(err(format!("no host in {url:?}")));
@@ -155,10 +174,15 @@ fn endpoint(i: usize, item: &Value) -> Result<Endpoint, ConfigError> {
             Some(v) => v.as_u64().filter(|n| *n > 0).ok_or_else(|| err(format!("{name} must be a positive integer"))),
         }
     };
+    // Checked now, so that a bad name is a configuration error, not a failed delivery.
+    if tls.is_some() && rustls_pki_types::ServerName::try_from(host.clone()).is_err() {
+        return Err(err(format!("{host:?} is not a valid TLS server name")));
+    }
     Ok(Endpoint {
         host,
         port,
         path,
+        tls,
         secret,
         host_events,
         operation_events,
@@ -167,6 +191,25 @@ fn endpoint(i: usize, item: &Value) -> Result<Endpoint, ConfigError> {
         backoff: FIRST_BACKOFF,
         url,
     })
+}
+
+/// A TLS client trusting the certificates in the PEM file `ca_file`.
+fn client_config(ca_file: &str) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls_pki_types::{CertificateDer, pem::PemObject};
+    let certs = CertificateDer::pem_file_iter(ca_file)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("cannot read ca_file {ca_file}: {e}"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(format!("ca_file {ca_file} holds no usable CA certificate"));
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 /// The hex HMAC-SHA256 of `body` with `secret`, as sent in [`SIGNATURE_HEADER`]
@@ -384,13 +427,35 @@ async fn post(endpoint: &Endpoint, item: &Pending) -> Result<(), String> {
     let stream = tokio::net::TcpStream::connect((endpoint.host.as_str(), endpoint.port))
         .await
         .map_err(|e| format!("connect: {e}"))?;
+    match &endpoint.tls {
+        None => post_on(stream, endpoint, item).await,
+        Some(config) => {
+            let name = rustls_pki_types::ServerName::try_from(endpoint.host.clone())
+                .map_err(|e| format!("server name: {e}"))?;
+            let stream = tokio_rustls::TlsConnector::from(config.clone())
+                .connect(name, stream)
+                .await
+                .map_err(|e| format!("TLS: {e}"))?;
+            post_on(stream, endpoint, item).await
+        }
+    }
+}
+
+async fn post_on<S>(stream: S, endpoint: &Endpoint, item: &Pending) -> Result<(), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| format!("handshake: {e}"))?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    let authority =
-        if endpoint.port == 80 { endpoint.host.clone() } else { format!("{}:{}", endpoint.host, endpoint.port) };
+    let default_port = if endpoint.tls.is_some() { 443 } else { 80 };
+    let authority = if endpoint.port == default_port {
+        endpoint.host.clone()
+    } else {
+        format!("{}:{}", endpoint.host, endpoint.port)
+    };
     let request = hyper::Request::post(endpoint.path.as_str())
         .header(hyper::header::HOST, authority)
         .header(hyper::header::CONTENT_TYPE, "application/json")

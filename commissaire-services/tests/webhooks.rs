@@ -3,6 +3,7 @@
 //! receiver on 127.0.0.1 that checks every signature, and beside it a dead
 //! endpoint (accepts connections and never answers) that must not hold up the
 //! live one; a full queue drops its oldest notifications and counts them.
+//! HTTPS receivers are verified against the endpoint's `ca_file`.
 
 use std::{
     convert::Infallible,
@@ -33,17 +34,18 @@ const T: Duration = Duration::from_secs(10);
 type Received = Arc<Mutex<Vec<(String, Value)>>>;
 
 /// A receiver that records (event header, body) of every correctly signed POST
-/// and answers 401 to a bad signature.
-async fn receiver() -> (String, Received, Arc<Mutex<usize>>) {
+/// and answers 401 to a bad signature; over TLS when given an acceptor.
+async fn receiver_on(tls: Option<tokio_rustls::TlsAcceptor>) -> (String, Received, Arc<Mutex<usize>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{}/hook", listener.local_addr().expect("addr"));
     let received: Received = Arc::default();
     let bad: Arc<Mutex<usize>> = Arc::default();
     let (r, b) = (received.clone(), bad.clone());
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
-            let (r, b) = (r.clone(), b.clone());
+            let (r, b, tls) = (r.clone(), b.clone(), tls.clone());
             tokio::spawn(async move {
                 let service = service_fn(move |req: Request<Incoming>| {
                     let (r, b) = (r.clone(), b.clone());
@@ -66,12 +68,48 @@ async fn receiver() -> (String, Received, Arc<Mutex<usize>>) {
                         Ok::<_, Infallible>(response)
                     }
                 });
-                let _ =
-                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                let http = hyper::server::conn::http1::Builder::new();
+                match tls {
+                    None => {
+                        let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                    }
+                    // A client that does not trust the certificate ends here.
+                    Some(acceptor) => {
+                        if let Ok(stream) = acceptor.accept(stream).await {
+                            let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                    }
+                }
             });
         }
     });
     (url, received, bad)
+}
+
+async fn receiver() -> (String, Received, Arc<Mutex<usize>>) {
+    receiver_on(None).await
+}
+
+/// A CA (its certificate PEM) and a TLS acceptor for 127.0.0.1 signed by it.
+fn tls_for_loopback() -> (String, tokio_rustls::TlsAcceptor) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    use rustls_pki_types::{PrivateKeyDer, pem::PemObject};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("CA");
+    let key = KeyPair::generate().expect("key");
+    let cert =
+        CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("params").signed_by(&key, &ca).expect("sign");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("protocols")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).expect("key PEM"),
+        )
+        .expect("server config");
+    (ca.pem(), tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 /// An endpoint that accepts connections and never answers.
@@ -183,10 +221,44 @@ async fn signed_notifications_reach_a_live_endpoint_beside_a_dead_one() {
     running.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_endpoints_are_verified_against_their_ca() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bus = storage_bus(&dir).await;
+    let (trusted_ca, acceptor) = tls_for_loopback();
+    let (_, impostor) = tls_for_loopback(); // a certificate from a CA the endpoint does not trust
+    let (url, received, bad) = receiver_on(Some(acceptor)).await;
+    let (impostor_url, impostor_received, _) = receiver_on(Some(impostor)).await;
+    let ca_file = dir.path().join("hooks-ca.pem");
+    std::fs::write(&ca_file, &trusted_ca).expect("write CA");
+    let endpoints = webhooks::from_config(Some(&json!([
+        {"url": impostor_url, "secret": SECRET, "ca_file": ca_file, "attempts": 1},
+        {"url": url, "secret": SECRET, "ca_file": ca_file},
+    ])))
+    .expect("config");
+    let failed_before = sample("commissaire_webhook_deliveries_total{outcome=\"failed\"}");
+    let running = webhooks::start(bus.clone(), endpoints).await.expect("start");
+
+    save(&bus, "Host", json!({"address": "10.1.1.1", "status": "active"})).await;
+    let got = wait_for(&received, 1).await;
+    assert_eq!(*bad.lock().expect("lock"), 0, "every signature verified");
+    assert_eq!((got[0].0.as_str(), got[0].1["host"].as_str()), ("host.status", Some("10.1.1.1")));
+    // The impostor's delivery fails the TLS handshake and is given up (1 attempt).
+    let deadline = Instant::now() + T;
+    while sample("commissaire_webhook_deliveries_total{outcome=\"failed\"}") <= failed_before {
+        assert!(Instant::now() < deadline, "the impostor's delivery never failed: {}", metrics::encode());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(impostor_received.lock().expect("lock").is_empty(), "delivered to an untrusted certificate");
+    running.stop().await;
+}
+
 #[test]
 fn configuration_errors_name_the_member() {
     let err = |v: Value| webhooks::from_config(Some(&v)).expect_err("refused").to_string();
-    assert!(err(json!([{"url": "https://x/", "secret": SECRET}])).contains("http://"));
+    assert!(err(json!([{"url": "ftp://x/", "secret": SECRET}])).contains("https:// or http://"));
+    assert!(err(json!([{"url": "https://x/", "secret": SECRET, "ca_file": "/nonexistent.pem"}])).contains("ca_file"));
+    assert!(err(json!([{"url": "http://x/", "secret": SECRET, "ca_file": "/etc/hosts"}])).contains("only for https"));
     assert!(err(json!([{"url": "http://x/", "secret": "short"}])).contains("16 bytes"));
     assert!(err(json!([{"url": "http://x/", "secret": SECRET, "colour": 1}])).contains("colour"));
     assert!(err(json!([{"url": "http://x/", "secret": SECRET, "events": ["nope"]}])).contains("events"));
