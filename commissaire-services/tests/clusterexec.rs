@@ -52,6 +52,27 @@ fn on_host(address: &str, script: &str) -> String {
     testbed(&["host-exec", address, "--", "sh", "-c", script])
 }
 
+/// Checks from the hosts' own events files that each of `hosts` rebooted
+/// exactly once, and answers how many were down at the same time at most.
+fn most_down_at_once_after_one_reboot_each(hosts: &[&str]) -> i32 {
+    let mut edges = Vec::new();
+    for host in hosts {
+        let pairs = reboots(host);
+        assert_eq!(pairs.len(), 1, "{host} rebooted {} times: {pairs:?}", pairs.len());
+        let (down, up) = pairs[0];
+        edges.push((down, 1i32));
+        edges.push((up, -1i32));
+    }
+    // an `up` at the same millisecond as a `down` counts first
+    edges.sort();
+    let (mut down_now, mut most) = (0, 0);
+    for (_, step) in edges {
+        down_now += step;
+        most = most.max(down_now);
+    }
+    most
+}
+
 /// The host's reboots as `(down_ms, up_ms)` pairs, from its events file.
 fn reboots(address: &str) -> Vec<(u64, u64)> {
     let path =
@@ -179,23 +200,8 @@ async fn a_rolling_restart_by_twos_reboots_each_host_once_and_never_more_than_tw
     assert!(record["finished_at"].is_string());
 
     // As the hosts saw it: one reboot each, never more than two down at once.
-    let mut edges = Vec::new();
-    for host in HOSTS {
-        let pairs = reboots(host);
-        assert_eq!(pairs.len(), 1, "{host} rebooted {} times: {pairs:?}", pairs.len());
-        let (down, up) = pairs[0];
-        edges.push((down, 1i32));
-        edges.push((up, -1i32));
-    }
-    // an `up` at the same millisecond as a `down` counts first
-    edges.sort();
-    let (mut down_now, mut most) = (0, 0);
-    for (_, step) in edges {
-        down_now += step;
-        most = most.max(down_now);
-    }
-    assert!(most <= 2, "{most} hosts were down at the same time");
-    assert!(most >= 1);
+    let most = most_down_at_once_after_one_reboot_each(&HOSTS);
+    assert!((1..=2).contains(&most), "{most} hosts were down at the same time");
 }
 
 #[tokio::test]
@@ -497,19 +503,7 @@ async fn a_killed_instance_s_restart_is_finished_by_another_with_each_host_reboo
     assert!(strings(&record["failed_hosts"]).is_empty(), "{record}");
 
     // As the hosts saw it: each rebooted exactly once, never more than two down at once.
-    let mut edges = Vec::new();
-    for host in HOSTS {
-        let pairs = reboots(host);
-        assert_eq!(pairs.len(), 1, "{host} rebooted {} times: {pairs:?}", pairs.len());
-        edges.push((pairs[0].0, 1i32));
-        edges.push((pairs[0].1, -1i32));
-    }
-    edges.sort();
-    let (mut down_now, mut most) = (0, 0);
-    for (_, step) in edges {
-        down_now += step;
-        most = most.max(down_now);
-    }
+    let most = most_down_at_once_after_one_reboot_each(&HOSTS);
     assert!(most <= 2, "{most} hosts were down at the same time");
 }
 

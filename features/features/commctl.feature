@@ -142,7 +142,7 @@ Feature: commctl
     Then within 120 seconds commctl "host get $h1 -o json" has "disassociated" at "/status"
     And within 120 seconds commctl "host get $h2 -o json" has "disassociated" at "/status"
     When the test host $h2 goes down
-    And I run commctl "cluster restart start $cluster --host-timeout-seconds 20 --watch"
+    And I run commctl "cluster restart start $cluster --host-timeout-seconds 45 --watch"
     Then commctl exits with 1
     And commctl prints "restart of cluster $cluster: failed"
     And commctl prints "done 1, in process 0, failed 1, pending 0"

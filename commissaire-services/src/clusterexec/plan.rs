@@ -321,7 +321,8 @@ fn state_name(state: &HostState) -> &'static str {
     }
 }
 
-fn phase_name(phase: &Phase) -> &'static str {
+/// The phase as written in records (`phase`) and errors.
+pub fn phase_name(phase: &Phase) -> &'static str {
     match phase {
         Phase::Running => "running",
         Phase::Paused => "paused",

@@ -256,18 +256,6 @@ op_record!(
     |r| &r.version
 );
 
-/// The name of a phase as the record's `phase` says it.
-pub(super) fn phase_name(phase: &Phase) -> &'static str {
-    match phase {
-        Phase::Running => "running",
-        Phase::Paused => "paused",
-        Phase::Aborting => "aborting",
-        Phase::Finished => "finished",
-        Phase::Failed { .. } => "failed",
-        Phase::Aborted => "aborted",
-    }
-}
-
 /// Copies the planner's state into a record: host lists, status, phase,
 /// `progress` (the state itself) and, at the end, `reason` and `finished_at`.
 pub(super) fn mirror(fields: Fields<'_>, state: &OpState) {
@@ -284,7 +272,7 @@ pub(super) fn mirror(fields: Fields<'_>, state: &OpState) {
             fields.failed_hosts.push(host);
         }
     }
-    *fields.phase = phase_name(&state.phase).into();
+    *fields.phase = super::plan::phase_name(&state.phase).into();
     if let Ok(Value::Object(progress)) = serde_json::to_value(state) {
         *fields.progress = progress;
     }
