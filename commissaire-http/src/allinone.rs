@@ -105,12 +105,7 @@ pub async fn start(data_dir: &Path, configured_plugins: Vec<PluginSpec>, options
     if !options.previous_secrets_key_files.is_empty() {
         // Before serving, so that once started the previous keys are no longer needed.
         let report = storage_service.reseal_secrets().await;
-        tracing::info!(
-            resealed = report.resealed,
-            current = report.current,
-            failed = report.failed,
-            "host credentials resealed with the current secrets key"
-        );
+        report.log();
         if report.failed > 0 {
             anyhow::bail!("{} host credentials could not be resealed (see the log)", report.failed);
         }

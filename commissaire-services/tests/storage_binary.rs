@@ -64,24 +64,29 @@ fn refuses_to_start_without_a_key_and_says_how_to_make_one() {
     assert!(missing.exists());
 }
 
+/// A storage.conf in `dir` for the test bed's RabbitMQ (an exchange of its own)
+/// and etcd (a namespace of its own): (path, exchange, namespace).
+fn amqp_etcd_config(dir: &tempfile::TempDir, key: Option<&std::path::Path>) -> (std::path::PathBuf, String, String) {
+    let exchange = format!("t-{}", uuid::Uuid::new_v4());
+    let namespace = format!("/t-{}", uuid::Uuid::new_v4());
+    let config = dir.path().join("storage.conf");
+    let mut members = json!({
+        "bus_uri": env("COMMISSAIRE_AMQP_URL"),
+        "bus-exchange": exchange,
+        "storage_handlers": [{"type": "etcd", "server_url": env("COMMISSAIRE_ETCD_URL"), "namespace": namespace}],
+    });
+    if let Some(key) = key {
+        members["secrets_key_file"] = json!(key);
+    }
+    std::fs::write(&config, members.to_string()).expect("write config");
+    (config, exchange, namespace)
+}
+
 #[tokio::test]
 async fn serves_storage_on_amqp_and_etcd_from_its_config_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let key = dir.path().join("secrets.key");
-    let exchange = format!("t-{}", uuid::Uuid::new_v4());
-    let namespace = format!("/t-{}", uuid::Uuid::new_v4());
-    let config = dir.path().join("storage.conf");
-    std::fs::write(
-        &config,
-        json!({
-            "bus_uri": env("COMMISSAIRE_AMQP_URL"),
-            "bus-exchange": exchange,
-            "secrets_key_file": key,
-            "storage_handlers": [{"type": "etcd", "server_url": env("COMMISSAIRE_ETCD_URL"), "namespace": namespace}],
-        })
-        .to_string(),
-    )
-    .expect("write config");
+    let (config, exchange, namespace) = amqp_etcd_config(&dir, Some(&key));
     let status = Command::new(env!("CARGO_BIN_EXE_commissaire-storage-service"))
         .arg("--generate-secrets-key")
         .arg(&key)
@@ -196,19 +201,7 @@ async fn rotates_the_secrets_key_without_losing_a_credential() {
             .expect("run");
         assert!(status.success());
     }
-    let exchange = format!("t-{}", uuid::Uuid::new_v4());
-    let namespace = format!("/t-{}", uuid::Uuid::new_v4());
-    let config = dir.path().join("storage.conf");
-    std::fs::write(
-        &config,
-        json!({
-            "bus_uri": env("COMMISSAIRE_AMQP_URL"),
-            "bus_exchange": exchange,
-            "storage_handlers": [{"type": "etcd", "server_url": env("COMMISSAIRE_ETCD_URL"), "namespace": namespace}],
-        })
-        .to_string(),
-    )
-    .expect("write config");
+    let (config, exchange, namespace) = amqp_etcd_config(&dir, None);
     let addresses = ["10.9.0.1", "10.9.0.2", "10.9.0.3"];
 
     with_service(&config, &exchange, &old, &[], async |client| {

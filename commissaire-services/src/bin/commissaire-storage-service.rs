@@ -96,15 +96,7 @@ async fn main() -> anyhow::Result<()> {
         // Rotation: reseal in the background while serving; what is not yet
         // resealed still opens with the previous keys.
         let resealer = service.clone();
-        tokio::spawn(async move {
-            let report = resealer.reseal_secrets().await;
-            tracing::info!(
-                resealed = report.resealed,
-                current = report.current,
-                failed = report.failed,
-                "host credentials resealed with the current secrets key"
-            );
-        });
+        tokio::spawn(async move { resealer.reseal_secrets().await.log() });
     }
     runner::serve_until_stopped(&config, &bus, storage::QUEUE, storage::PATTERNS, service, "storage").await
 }

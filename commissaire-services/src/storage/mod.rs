@@ -48,6 +48,18 @@ pub struct ResealReport {
     pub failed: usize,
 }
 
+impl ResealReport {
+    /// Logs the outcome (one line, for the operator following a rotation).
+    pub fn log(&self) {
+        tracing::info!(
+            resealed = self.resealed,
+            current = self.current,
+            failed = self.failed,
+            "host credentials resealed with the current secrets key"
+        );
+    }
+}
+
 /// A configured handler with its open store.
 pub struct OpenHandler {
     pub spec: HandlerSpec,
