@@ -53,6 +53,18 @@ const CONTROL_POLL: Duration = Duration::from_millis(300);
 /// How often a taken-over host is probed while it may be rebooting.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
+/// A host's work bounded by `left` (what remains of its per-host timeout); the
+/// error names the whole timeout.
+async fn within(
+    left: Duration,
+    host_timeout: Duration,
+    work: impl std::future::Future<Output = Result<(), String>>,
+) -> Result<(), String> {
+    tokio::time::timeout(left, work)
+        .await
+        .unwrap_or_else(|_| Err(format!("no outcome within {} seconds", host_timeout.as_secs())))
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -221,11 +233,7 @@ impl Inner {
                 tracing::info!(%cluster, %host, operation = kind.as_str(), noted_boot_id = boot_id.is_some(),
                     "resuming a host in process");
                 running.spawn(async move {
-                    let work = inner.resume_host(&request, &host, boot_id, &notes);
-                    let outcome = match tokio::time::timeout(left, work).await {
-                        Ok(outcome) => outcome,
-                        Err(_) => Err(format!("no outcome within {} seconds", host_timeout.as_secs())),
-                    };
+                    let outcome = within(left, host_timeout, inner.resume_host(&request, &host, boot_id, &notes)).await;
                     (host, outcome)
                 });
             }
@@ -271,11 +279,8 @@ impl Inner {
                         let (inner, host, request, notes) =
                             (self.clone(), host.clone(), request.clone(), notes.clone());
                         running.spawn(async move {
-                            let work = inner.run_host(&request, &host, &notes);
-                            let outcome = match tokio::time::timeout(host_timeout, work).await {
-                                Ok(outcome) => outcome,
-                                Err(_) => Err(format!("no outcome within {} seconds", host_timeout.as_secs())),
-                            };
+                            let outcome =
+                                within(host_timeout, host_timeout, inner.run_host(&request, &host, &notes)).await;
                             (host, outcome)
                         });
                     }
