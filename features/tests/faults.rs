@@ -441,12 +441,19 @@ async fn broker_outage(bus_uri: &str, server: &str, probe_host: &str) {
     println!("{server}: stopped in {:.2} s, started in {:.2} s", stopping.as_secs_f64(), starting.as_secs_f64());
     // The load goes on until writes have succeeded for a while again.
     let password = stack.users[ADMIN].clone();
+    let mut probes: Vec<(String, f64)> = Vec::new();
     let recovered = wait_until("writes succeed again", Duration::from_secs(60), async || {
         let put = Request::new(Method::PUT, "/api/v0/network/probe").basic_auth(ADMIN, &password).json("{}");
-        matches!(stack.client.send_with_timeout(put, REQUEST_DEADLINE).await, Ok(r) if r.status.is_success())
+        let sent = Instant::now();
+        let outcome = Outcome::of(stack.client.send_with_timeout(put, REQUEST_DEADLINE).await);
+        probes.push((outcome.kind(), sent.elapsed().as_secs_f64()));
+        outcome == Outcome::Ok
     })
     .await;
-    println!("{server}: a probe write succeeded {:.2} s after it was back", recovered.as_secs_f64());
+    println!(
+        "{server}: a probe write succeeded {:.2} s after it was back; probes (outcome, seconds): {probes:.2?}",
+        recovered.as_secs_f64()
+    );
     run_load_for(Duration::from_secs(2)).await;
     let load_end = load.now();
     let workers = load.finish().await;
