@@ -160,15 +160,36 @@ struct Process {
     name: String,
     child: Child,
     log: PathBuf,
+    /// Program and arguments, to start it again after a fault.
+    program: std::ffi::OsString,
+    args: Vec<std::ffi::OsString>,
+    /// How the server answers (None for the services), for readiness after a restart.
+    server_port: Option<u16>,
 }
 
 impl Process {
     fn spawn(name: &str, mut command: Command, log: PathBuf) -> anyhow::Result<Self> {
         let out = File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+        let program = command.get_program().to_os_string();
+        let args = command.get_args().map(|a| a.to_os_string()).collect();
+        let child = Self::start(name, &mut command, out)?;
+        Ok(Self { name: name.to_string(), child, log, program, args, server_port: None })
+    }
+
+    fn start(name: &str, command: &mut Command, out: File) -> anyhow::Result<Child> {
         let err = out.try_clone()?;
         command.stdin(Stdio::null()).stdout(out).stderr(err).env("RUST_LOG", "info").env_remove("RUST_LOG_STYLE");
-        let child = command.spawn().with_context(|| format!("cannot start {name}"))?;
-        Ok(Self { name: name.to_string(), child, log })
+        command.spawn().with_context(|| format!("cannot start {name}"))
+    }
+
+    /// Starts the same command again (after [`Process::stop`]), its output
+    /// appended to the same log.
+    fn respawn(&mut self) -> anyhow::Result<()> {
+        let out = std::fs::OpenOptions::new().append(true).open(&self.log)?;
+        let mut command = Command::new(&self.program);
+        command.args(&self.args);
+        self.child = Self::start(&self.name, &mut command, out)?;
+        Ok(())
     }
 
     /// Fails if the process has exited, with the end of its log.
@@ -242,7 +263,17 @@ impl Stack {
     /// `extra_auth`: more `--authentication-plugin` arguments, tried after
     /// HTTP Basic (e.g. `kubetokenreview:server_url=…`).
     pub async fn multi_process(bins: &Binaries, host_services: bool, extra_auth: &[String]) -> anyhow::Result<Self> {
-        let amqp = env("COMMISSAIRE_AMQP_URL")?;
+        Self::multi_process_on(bins, &env("COMMISSAIRE_AMQP_URL")?, host_services, extra_auth).await
+    }
+
+    /// [`Stack::multi_process`] on the bus at `bus_uri` (`amqp://…` or `redis://…`).
+    pub async fn multi_process_on(
+        bins: &Binaries,
+        bus_uri: &str,
+        host_services: bool,
+        extra_auth: &[String],
+    ) -> anyhow::Result<Self> {
+        let amqp = bus_uri.to_string();
         let etcd = env("COMMISSAIRE_ETCD_URL")?;
         let run = uuid::Uuid::new_v4().simple().to_string();
         let exchange = format!("features-{run}");
@@ -258,7 +289,8 @@ impl Stack {
         let mut stack = Self::prepare(format!(
             "commissaire-storage-service (etcd {etcd}, namespace {namespace}) + commissaire-containermgr-service \
              + commissaire-server{extra}, \
-             on AMQP exchange {exchange}"
+             on bus {} exchange {exchange}",
+            bus_uri.split(':').next().unwrap_or_default()
         ))?;
         stack.etcd_namespace = Some((etcd.clone(), namespace.clone()));
 
@@ -317,12 +349,26 @@ impl Stack {
     /// The all-in-one deployment: one `commissaire-server --all-in-one`, with
     /// `--no-host-services` unless `host_services`.
     pub async fn all_in_one(bins: &Binaries, host_services: bool, extra_auth: &[String]) -> anyhow::Result<Self> {
+        Self::all_in_one_at(bins, host_services, extra_auth, None, &[]).await
+    }
+
+    /// [`Stack::all_in_one`] with the data directory `data` (default: in the
+    /// stack's directory), the server started through `prefix` (a command and
+    /// its arguments, such as `nsenter -t PID -m --`, that ends by running the
+    /// server in its own process).
+    pub async fn all_in_one_at(
+        bins: &Binaries,
+        host_services: bool,
+        extra_auth: &[String],
+        data: Option<&Path>,
+        prefix: &[&str],
+    ) -> anyhow::Result<Self> {
         let mut stack = Self::prepare(if host_services {
             "commissaire-server --all-in-one (in-process bus, embedded store; watcher interval 1 s)"
         } else {
             "commissaire-server --all-in-one --no-host-services (in-process bus, embedded store)"
         })?;
-        let data = stack.dir.path().join("data");
+        let data = data.map_or_else(|| stack.dir.path().join("data"), Path::to_path_buf);
         let users = stack.dir.path().join("users.json");
         let config = stack.dir.path().join("commissaire.conf");
         std::fs::write(&config, json!({"watcher": {"interval": WATCHER_INTERVAL.parse::<f64>()?}}).to_string())?;
@@ -330,7 +376,14 @@ impl Stack {
         loop {
             attempts += 1;
             let port = free_port()?;
-            let mut server = Command::new(&bins.server);
+            let mut server = match prefix.split_first() {
+                Some((first, rest)) => {
+                    let mut command = Command::new(first);
+                    command.args(rest).arg(&bins.server);
+                    command
+                }
+                None => Command::new(&bins.server),
+            };
             server
                 .arg("--config")
                 .arg(&config)
@@ -413,6 +466,7 @@ impl Stack {
     async fn start_server(&mut self, command: Command, port: u16) -> anyhow::Result<()> {
         let log = self.dir.path().join(format!("server-{port}.log"));
         let mut process = Process::spawn("commissaire-server", command, log)?;
+        process.server_port = Some(port);
         let client = Client::new(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
         let password = self.users[ADMIN].clone();
         let deadline = Instant::now() + STARTUP_DEADLINE;
@@ -436,6 +490,69 @@ impl Stack {
         self.client = client;
         self.processes.push(process);
         Ok(())
+    }
+
+    /// The names of the running processes, in start order (binary names; the
+    /// server is `commissaire-server`).
+    pub fn process_names(&self) -> Vec<String> {
+        self.processes.iter().map(|p| p.name.clone()).collect()
+    }
+
+    /// The log of process `name`, for messages.
+    pub fn log_of(&self, name: &str) -> anyhow::Result<String> {
+        let process = self.processes.iter().find(|p| p.name == name).with_context(|| format!("no process {name}"))?;
+        Ok(std::fs::read_to_string(&process.log).unwrap_or_default())
+    }
+
+    /// Kills process `name` with SIGKILL (no chance to clean up) and reaps it.
+    pub fn kill(&mut self, name: &str) -> anyhow::Result<()> {
+        let process =
+            self.processes.iter_mut().find(|p| p.name == name).with_context(|| format!("no process {name}"))?;
+        process.stop();
+        Ok(())
+    }
+
+    /// Starts the killed process `name` again with the same arguments and
+    /// waits until it is ready: a service until it logs `ready` once more, the
+    /// server until it answers an authenticated read. Returns how long that took.
+    pub async fn restart(&mut self, name: &str) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let password = self.users[ADMIN].clone();
+        let process =
+            self.processes.iter_mut().find(|p| p.name == name).with_context(|| format!("no process {name}"))?;
+        let readies_before = std::fs::read_to_string(&process.log).unwrap_or_default().matches("service ready").count();
+        process.respawn()?;
+        let deadline = started + STARTUP_DEADLINE;
+        loop {
+            process.check_running()?;
+            let ready = match process.server_port {
+                Some(port) => {
+                    let client = Client::new(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+                    let probe = Request::new(Method::GET, "/api/v0/network/default").basic_auth(ADMIN, &password);
+                    matches!(client.send_with_timeout(probe, Duration::from_secs(3)).await,
+                        Ok(response) if response.status == StatusCode::OK)
+                }
+                None => {
+                    std::fs::read_to_string(&process.log).unwrap_or_default().matches("service ready").count()
+                        > readies_before
+                }
+            };
+            if ready {
+                return Ok(started.elapsed());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{name} was not ready again within {STARTUP_DEADLINE:?}; its log ends with:\n{}",
+                    tail(&process.log, 30)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The stack's temporary directory (logs, configuration, the all-in-one's data).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// Stops every process and removes what the run left in etcd.

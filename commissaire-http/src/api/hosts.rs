@@ -298,16 +298,20 @@ impl Api {
     }
 
     pub async fn delete_host(&self, address: &str) -> ApiResult {
+        // The membership goes first: a failure after it leaves a host outside
+        // any cluster (the client sees the error and deletes again), never a
+        // cluster naming a host that does not exist. It also removes a member
+        // left by a create that was interrupted before its host record.
         let cluster = self.cluster_of(address).await?;
+        if let Some(cluster) = &cluster {
+            self.leave_cluster(&cluster.name, address).await?;
+        }
         self.storage.delete::<Host>(address).await?;
         match self.storage.delete::<HostCreds>(address).await {
             Ok(()) | Err(StorageError::NotFound { .. }) => {}
             Err(err) => tracing::warn!(%address, error = %err, "could not delete host credentials"),
         }
         if let Some(cluster) = cluster {
-            if let Err(err) = self.leave_cluster(&cluster.name, address).await {
-                tracing::warn!(%address, cluster = %cluster.name, error = %err.message, "could not remove deleted host from its cluster");
-            }
             self.remove_nodes(&cluster, &[address.to_string()]).await;
         }
         tracing::info!(%address, "host deleted");

@@ -556,6 +556,15 @@ impl SshTransport {
                 .await
                 .map_err(|e| connect_error(address, "authentication", e))?;
             if !auth.success() {
+                // russh also answers "failure" when the session ended while it
+                // waited: a host that went away during the login is unreachable,
+                // not refusing the key.
+                if handle.is_closed() {
+                    return Err(TransportError::Unreachable {
+                        address: address.to_owned(),
+                        reason: "the connection was lost during the authentication".into(),
+                    });
+                }
                 let _ = handle.disconnect(Disconnect::ByApplication, "", "en").await;
                 return Err(TransportError::AuthenticationFailed {
                     address: address.to_owned(),
