@@ -20,8 +20,6 @@
 
 use std::{
     collections::HashMap,
-    io::{BufRead, BufReader},
-    process::{Child, Command as Process, Stdio},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -34,7 +32,6 @@ use commissaire_core::{
     storage_client::StorageClient,
     timestamp,
 };
-use commissaire_fleetsim::derived_key;
 use commissaire_services::{
     storage::{self, OpenHandler, StorageService},
     store::{
@@ -44,20 +41,14 @@ use commissaire_services::{
     watcher::{self, SshCheck, Watcher},
 };
 use futures_util::{StreamExt, stream};
-use russh::keys::ssh_key::LineEnding;
 use serde_json::json;
+use support::{Kid, addresses, client_key, env, host_key, load, start_fleet, with_files_limit};
+
+mod support;
 
 const ROLE: &str = "FLEET_WATCHER_ROLE";
-const HOST_KEY_SEED: u64 = 31;
-const CLIENT_KEY_SEED: u64 = 4242;
 const GOAL_PASS: Duration = Duration::from_secs(60);
 const GOAL_RSS_MB: f64 = 256.0;
-
-fn env(var: &str) -> String {
-    std::env::var(var).unwrap_or_else(|_| {
-        panic!("{var} is not set: run `scripts/testbed up` and `eval \"$(scripts/testbed env)\"` first")
-    })
-}
 
 fn main() {
     if std::env::var(ROLE).as_deref() == Ok("watcher") {
@@ -110,47 +101,10 @@ struct Row {
     load: String,
 }
 
-/// Kills the child when dropped (the bench may panic half-way).
-struct Kid(Child);
-impl Drop for Kid {
-    fn drop(&mut self) {
-        let _ = Process::new("kill").arg("-TERM").arg(self.0.id().to_string()).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `program args...` with the open files limit raised first.
-fn with_files_limit(program: &str) -> Process {
-    let mut p = Process::new("sh");
-    p.arg("-c").arg("ulimit -n 65536 2>/dev/null || ulimit -n $(ulimit -Hn); exec \"$0\" \"$@\"").arg(program);
-    p
-}
-
 async fn run(n: usize, first: &str, full: bool) -> Row {
     let dir = tempfile::tempdir().expect("tempdir");
-    let client = derived_key(CLIENT_KEY_SEED, 0);
-    let key_text = client.to_openssh(LineEnding::LF).expect("client key").to_string();
-    let public = dir.path().join("client.pub");
-    std::fs::write(&public, client.public_key().to_openssh().expect("public key")).expect("write key");
-
-    // The fleet.
-    let mut sim = with_files_limit(env!("CARGO_BIN_EXE_commissaire-fleetsim"));
-    sim.args(["--hosts", &n.to_string(), "--first-address", first, "--key-seed", &HOST_KEY_SEED.to_string()])
-        .arg("--authorized-key")
-        .arg(&public)
-        .stdout(Stdio::piped());
-    let mut sim = Kid(sim.spawn().expect("start commissaire-fleetsim"));
-    let mut ready = String::new();
-    BufReader::new(sim.0.stdout.take().expect("stdout")).read_line(&mut ready).expect("read ready");
-    assert!(ready.starts_with("ready"), "the simulator did not start: {ready:?}");
+    let key_text = client_key(dir.path());
+    let sim = start_fleet(dir.path(), n, first, &[]);
 
     // The storage service and the hosts as the investigator leaves them, all due now.
     let exchange = format!("fleet-watcher-{}", uuid::Uuid::new_v4());
@@ -166,8 +120,7 @@ async fn run(n: usize, first: &str, full: bool) -> Row {
         .await
         .expect("serve storage");
     let storage = StorageClient::new(bus);
-    let base = u32::from(first.parse::<std::net::Ipv4Addr>().expect("address"));
-    let addresses: Vec<String> = (0..n).map(|i| std::net::Ipv4Addr::from(base + i as u32).to_string()).collect();
+    let addresses = addresses(first, n);
     let encoded = base64::engine::general_purpose::STANDARD.encode(&key_text);
     let due = timestamp::format(time::OffsetDateTime::now_utc() - time::Duration::seconds(1));
     let started = Instant::now();
@@ -183,7 +136,7 @@ async fn run(n: usize, first: &str, full: bool) -> Row {
                 storage.save(&creds).await.expect("save creds");
                 let mut host = Host::new(address.as_str());
                 host.status = "active".into();
-                host.ssh_host_key = derived_key(HOST_KEY_SEED, i).public_key().to_openssh().expect("host key");
+                host.ssh_host_key = host_key(i);
                 storage.save(&host).await.expect("save host");
                 storage.save(&WatcherRecord::new(address.clone(), due)).await.expect("save record");
             }
@@ -218,13 +171,13 @@ async fn run(n: usize, first: &str, full: bool) -> Row {
         None
     };
     let (cpu, hwm_mb) = usage(pid);
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load = load();
     drop(watcher);
     drop(sim);
     if !full {
         assert!(cold.is_some() && warm.is_some(), "the watcher did not check all {n} hosts within {limit:?}");
     }
-    Row { hosts: n, cold, warm, cpu, hwm_mb, load: load.split_whitespace().take(3).collect::<Vec<_>>().join(" ") }
+    Row { hosts: n, cold, warm, cpu, hwm_mb, load }
 }
 
 /// Time until every host has a `last_check` newer than the one it had when
