@@ -48,6 +48,9 @@ pub use check::{HostCheck, SshCheck};
 pub use schedule::{Schedule, ScheduleError};
 pub use transition::{Plan, REASON_PREFIX, Transition};
 
+/// See [`WatcherConfig::connection_idle`].
+pub const DEFAULT_CONNECTION_IDLE: Duration = Duration::from_secs(2);
+
 /// How a watcher instance works.
 #[derive(Debug, Clone)]
 pub struct WatcherConfig {
@@ -61,6 +64,10 @@ pub struct WatcherConfig {
     /// hosts and other instances' claims are seen (default: the interval, at
     /// most 5 s). The watcher otherwise wakes when the next host is due.
     pub tick: Duration,
+    /// How long an SSH connection is kept after a check (default 2 s). A
+    /// connection kept for a whole interval, to be reused by the host's next
+    /// check, costs tens of KB per host; a new one costs a handshake.
+    pub connection_idle: Duration,
 }
 
 impl WatcherConfig {
@@ -72,6 +79,7 @@ impl WatcherConfig {
             concurrency: 16,
             check_timeout: bounded(Duration::from_secs(30)),
             tick: bounded(Duration::from_secs(5)),
+            connection_idle: DEFAULT_CONNECTION_IDLE,
         }
     }
 }
@@ -440,12 +448,14 @@ pub fn transport_for(settings: &WatcherConfig) -> crate::transport::SshTransport
         connect_timeout: settings.check_timeout.min(SshConfig::default().connect_timeout),
         command_timeout: settings.check_timeout,
         max_sessions: settings.concurrency,
+        idle_timeout: settings.connection_idle,
         ..SshConfig::default()
     })
 }
 
 /// Settings given as flags; each overrides the configuration member of the
-/// same name (`interval`, `jitter`, `concurrency`, `check_timeout`, `tick`;
+/// same name (`interval`, `jitter`, `concurrency`, `check_timeout`, `tick`,
+/// `connection_idle`;
 /// times in seconds).
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -454,6 +464,7 @@ pub struct Overrides {
     pub concurrency: Option<usize>,
     pub check_timeout: Option<f64>,
     pub tick: Option<f64>,
+    pub connection_idle: Option<f64>,
 }
 
 /// Why the watcher's settings cannot be used.
@@ -502,6 +513,9 @@ pub fn settings(
     if let Some(tick) = seconds("tick", flags.tick)? {
         config.tick = tick;
     }
+    if let Some(idle) = seconds("connection_idle", flags.connection_idle)? {
+        config.connection_idle = idle;
+    }
     Ok(config)
 }
 
@@ -531,6 +545,10 @@ mod tests {
 
         let flags = Overrides { interval: Some(1.0), concurrency: Some(2), ..Overrides::default() };
         let config = settings(&file, &flags).expect("flags win");
+        assert_eq!(config.connection_idle, DEFAULT_CONNECTION_IDLE);
+        let idle = settings(&members(json!({"connection_idle": 90})), &Overrides::default()).expect("idle");
+        assert_eq!(idle.connection_idle, Duration::from_secs(90));
+        assert_eq!(transport_for(&idle).config().idle_timeout, Duration::from_secs(90));
         assert_eq!(config.schedule.interval, Duration::from_secs(1));
         assert_eq!((config.concurrency, config.tick), (2, Duration::from_secs(1)));
 
