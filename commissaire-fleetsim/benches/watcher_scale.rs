@@ -189,6 +189,7 @@ async fn pass(storage: &StorageClient, addresses: &[String], limit: Duration, pi
     let before: HashMap<String, String> =
         storage.list::<Host>().await.expect("hosts").into_iter().map(|h| (h.address, h.last_check)).collect();
     let started = Instant::now();
+    let mut next_report = Duration::from_secs(10);
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let hosts = storage.list::<Host>().await.expect("hosts");
@@ -204,7 +205,8 @@ async fn pass(storage: &StorageClient, addresses: &[String], limit: Duration, pi
             eprintln!("pass not finished after {limit:?}: {done}/{} checked", addresses.len());
             return None;
         }
-        if started.elapsed().as_secs() % 10 == 0 {
+        if started.elapsed() >= next_report {
+            next_report += Duration::from_secs(10);
             let (cpu, hwm) = usage(pid);
             eprintln!(
                 "  {:>5.1} s: {done}/{} checked, {failed} failed; watcher {cpu:.1} CPU s, {hwm:.0} MB peak",
