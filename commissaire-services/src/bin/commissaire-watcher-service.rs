@@ -32,6 +32,10 @@ struct Cli {
     /// default the interval, at most 5).
     #[arg(long, value_name = "SECS")]
     tick: Option<f64>,
+    /// Seconds an SSH connection is kept after a check (configuration: `connection_idle`;
+    /// default 2; up to the interval to reuse it for the host's next check).
+    #[arg(long, value_name = "SECS")]
+    connection_idle: Option<f64>,
 }
 
 #[tokio::main]
@@ -45,6 +49,7 @@ async fn main() -> anyhow::Result<()> {
         concurrency: cli.concurrency,
         check_timeout: cli.check_timeout,
         tick: cli.tick,
+        connection_idle: cli.connection_idle,
     };
     let settings = watcher::settings(&config.members, &flags)?;
     config.start_metrics().await?;

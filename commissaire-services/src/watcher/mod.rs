@@ -23,7 +23,7 @@ pub mod schedule;
 pub mod transition;
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -48,6 +48,9 @@ pub use check::{HostCheck, SshCheck};
 pub use schedule::{Schedule, ScheduleError};
 pub use transition::{Plan, REASON_PREFIX, Transition};
 
+/// See [`WatcherConfig::connection_idle`].
+pub const DEFAULT_CONNECTION_IDLE: Duration = Duration::from_secs(2);
+
 /// How a watcher instance works.
 #[derive(Debug, Clone)]
 pub struct WatcherConfig {
@@ -61,6 +64,10 @@ pub struct WatcherConfig {
     /// hosts and other instances' claims are seen (default: the interval, at
     /// most 5 s). The watcher otherwise wakes when the next host is due.
     pub tick: Duration,
+    /// How long an SSH connection is kept after a check (default 2 s). A
+    /// connection kept for a whole interval, to be reused by the host's next
+    /// check, costs tens of KB per host; a new one costs a handshake.
+    pub connection_idle: Duration,
 }
 
 impl WatcherConfig {
@@ -72,6 +79,7 @@ impl WatcherConfig {
             concurrency: 16,
             check_timeout: bounded(Duration::from_secs(30)),
             tick: bounded(Duration::from_secs(5)),
+            connection_idle: DEFAULT_CONNECTION_IDLE,
         }
     }
 }
@@ -89,6 +97,11 @@ pub struct Watcher {
     config: WatcherConfig,
     id: String,
     in_flight: Mutex<HashSet<String>>,
+    /// Due hosts of the last look at the store that found no free check slot,
+    /// the longest overdue first: started as slots free up, without listing
+    /// the store again (a list per finished check made a pass quadratic in
+    /// the number of hosts).
+    backlog: Mutex<VecDeque<Host>>,
     permits: Arc<Semaphore>,
     finished: Notify,
 }
@@ -111,6 +124,7 @@ impl Watcher {
             config,
             id,
             in_flight: Mutex::new(HashSet::new()),
+            backlog: Mutex::new(VecDeque::new()),
             permits,
             finished: Notify::new(),
         }
@@ -135,18 +149,31 @@ impl Watcher {
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         tracing::info!(id = %self.id, interval = ?self.config.schedule.interval, "watcher started");
         let mut tasks = JoinSet::new();
+        let mut listed_at: Option<tokio::time::Instant> = None;
         while !stop.is_cancelled() {
-            // A tick waiting on an unavailable store must not delay a stop;
-            // what it leaves half done the next tick of any instance redoes.
-            let ticked = tokio::select! {
-                _ = stop.cancelled() => break,
-                ticked = self.tick(&mut tasks) => ticked,
-            };
-            let (wake, waiting) = match ticked {
-                Ok(next) => next,
-                Err(err) => {
-                    tracing::warn!(error = %err, "watcher tick failed; trying again");
-                    (self.config.tick, false)
+            // While due hosts wait for a slot and the last list is recent,
+            // a freed slot takes the next of them; otherwise look at the store.
+            let fresh = listed_at.is_some_and(|at| at.elapsed() < self.config.tick);
+            let (wake, waiting) = if fresh && !self.lock_backlog().is_empty() {
+                let waiting = self.start_backlog(&mut tasks);
+                let since = listed_at.map_or(Duration::ZERO, |at| at.elapsed());
+                (self.config.tick.saturating_sub(since).max(Duration::from_millis(20)), waiting)
+            } else {
+                // A tick waiting on an unavailable store must not delay a stop;
+                // what it leaves half done the next tick of any instance redoes.
+                let ticked = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    ticked = self.tick(&mut tasks) => ticked,
+                };
+                match ticked {
+                    Ok(next) => {
+                        listed_at = Some(tokio::time::Instant::now());
+                        next
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "watcher tick failed; trying again");
+                        (self.config.tick, false)
+                    }
                 }
             };
             while let Some(done) = tasks.try_join_next() {
@@ -202,25 +229,41 @@ impl Watcher {
         } else {
             self.hosts_in_operations(due.iter().map(|r| r.address.as_str()).collect()).await?
         };
-        let mut waiting = false;
+        let mut backlog = VecDeque::new();
         for record in due {
             let Some(&host) = hosts.get(record.address.as_str()) else { continue };
             if let Plan::Skip(why) = transition::plan(host, busy.contains(&record.address)) {
                 tracing::debug!(address = %record.address, why, "not checked");
                 continue;
             }
-            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-                waiting = true;
-                break;
-            };
-            self.lock_in_flight().insert(record.address.clone());
-            tasks.spawn(self.clone().check_one(host.clone(), permit));
+            backlog.push_back(host.clone());
         }
+        *self.lock_backlog() = backlog;
+        let waiting = self.start_backlog(tasks);
 
         let after_now = |at: OffsetDateTime| Duration::try_from(at - OffsetDateTime::now_utc()).unwrap_or_default();
         let wake = earliest.map_or(self.config.tick, |at| after_now(at).min(self.config.tick));
         // Never spin: due hosts that were skipped stay due.
         Ok((wake.max(Duration::from_millis(20)), waiting))
+    }
+
+    /// Starts the checks of backlogged hosts while slots are free; `true`
+    /// when hosts are left waiting.
+    fn start_backlog(self: &Arc<Self>, tasks: &mut JoinSet<()>) -> bool {
+        let mut backlog = self.lock_backlog();
+        while !backlog.is_empty() {
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else { return true };
+            let Some(host) = backlog.pop_front() else { break };
+            if !self.lock_in_flight().insert(host.address.clone()) {
+                continue;
+            }
+            tasks.spawn(self.clone().check_one(host, permit));
+        }
+        false
+    }
+
+    fn lock_backlog(&self) -> std::sync::MutexGuard<'_, VecDeque<Host>> {
+        self.backlog.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
@@ -405,12 +448,14 @@ pub fn transport_for(settings: &WatcherConfig) -> crate::transport::SshTransport
         connect_timeout: settings.check_timeout.min(SshConfig::default().connect_timeout),
         command_timeout: settings.check_timeout,
         max_sessions: settings.concurrency,
+        idle_timeout: settings.connection_idle,
         ..SshConfig::default()
     })
 }
 
 /// Settings given as flags; each overrides the configuration member of the
-/// same name (`interval`, `jitter`, `concurrency`, `check_timeout`, `tick`;
+/// same name (`interval`, `jitter`, `concurrency`, `check_timeout`, `tick`,
+/// `connection_idle`;
 /// times in seconds).
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -419,6 +464,7 @@ pub struct Overrides {
     pub concurrency: Option<usize>,
     pub check_timeout: Option<f64>,
     pub tick: Option<f64>,
+    pub connection_idle: Option<f64>,
 }
 
 /// Why the watcher's settings cannot be used.
@@ -467,6 +513,9 @@ pub fn settings(
     if let Some(tick) = seconds("tick", flags.tick)? {
         config.tick = tick;
     }
+    if let Some(idle) = seconds("connection_idle", flags.connection_idle)? {
+        config.connection_idle = idle;
+    }
     Ok(config)
 }
 
@@ -496,6 +545,10 @@ mod tests {
 
         let flags = Overrides { interval: Some(1.0), concurrency: Some(2), ..Overrides::default() };
         let config = settings(&file, &flags).expect("flags win");
+        assert_eq!(config.connection_idle, DEFAULT_CONNECTION_IDLE);
+        let idle = settings(&members(json!({"connection_idle": 90})), &Overrides::default()).expect("idle");
+        assert_eq!(idle.connection_idle, Duration::from_secs(90));
+        assert_eq!(transport_for(&idle).config().idle_timeout, Duration::from_secs(90));
         assert_eq!(config.schedule.interval, Duration::from_secs(1));
         assert_eq!((config.concurrency, config.tick), (2, Duration::from_secs(1)));
 
