@@ -65,6 +65,9 @@ async fn within(
         .unwrap_or_else(|_| Err(format!("no outcome within {} seconds", host_timeout.as_secs())))
 }
 
+/// What a host's task ends with: the host and its outcome.
+type HostEnd = (String, Result<(), String>);
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -218,7 +221,7 @@ impl Inner {
         let renew_every = self.settings.renew_every();
         let (note_tx, mut note_rx) = mpsc::channel::<BootNote>(64);
         let notes = Notes(note_tx);
-        let mut running: JoinSet<(String, Result<(), String>)> = JoinSet::new();
+        let mut running: JoinSet<HostEnd> = JoinSet::new();
         let mut last_batch: Vec<String> = Vec::new();
         let mut last_write = Instant::now();
 
@@ -296,37 +299,33 @@ impl Inner {
                         ));
                     }
                     let wait = if state.phase == Phase::Paused { CONTROL_POLL } else { renew_every };
+                    // What arrives together is recorded with one write: with large
+                    // batches, a write per host made the batch wait on the store.
+                    let mut acks = Vec::new();
                     tokio::select! {
                         joined = running.join_next(), if !running.is_empty() => {
-                            let observation = match joined {
-                                Some(Ok((host, Ok(())))) => {
-                                    tracing::info!(%cluster, %host, operation = kind.as_str(), "host done");
-                                    self.publish(kind, cluster, "host_done", Some(&host), None).await;
-                                    Observation::HostSucceeded { host }
-                                }
-                                Some(Ok((host, Err(reason)))) => {
-                                    tracing::warn!(%cluster, %host, operation = kind.as_str(), %reason, "host failed");
-                                    self.publish(kind, cluster, "host_failed", Some(&host), Some(&reason)).await;
-                                    Observation::HostFailed { host, reason }
-                                }
-                                Some(Err(err)) => {
-                                    return Err(Stop::Error(Box::new(state), format!("a host's task ended abnormally: {err}")));
-                                }
-                                None => continue,
-                            };
-                            state = self.observe(&state, knobs, &observation)?;
-                            self.write_or_stop::<R>(cluster, &state).await?;
-                            last_write = Instant::now();
+                            state = self.record_outcome(state, knobs, kind, cluster, joined).await?;
                         }
                         Some(note) = note_rx.recv() => {
                             let observation = Observation::BootIdSeen { host: note.host, boot_id: note.boot_id };
                             state = self.observe(&state, knobs, &observation)?;
-                            self.write_or_stop::<R>(cluster, &state).await?;
-                            last_write = Instant::now();
-                            // the host's task asks for the reboot only now
-                            let _ = note.ack.send(());
+                            acks.push(note.ack);
                         }
-                        _ = tokio::time::sleep(wait) => {}
+                        _ = tokio::time::sleep(wait) => continue,
+                    }
+                    while let Some(joined) = running.try_join_next() {
+                        state = self.record_outcome(state, knobs, kind, cluster, Some(joined)).await?;
+                    }
+                    while let Ok(note) = note_rx.try_recv() {
+                        let observation = Observation::BootIdSeen { host: note.host, boot_id: note.boot_id };
+                        state = self.observe(&state, knobs, &observation)?;
+                        acks.push(note.ack);
+                    }
+                    self.write_or_stop::<R>(cluster, &state).await?;
+                    last_write = Instant::now();
+                    // each of those hosts' tasks asks for its reboot only now
+                    for ack in acks {
+                        let _ = ack.send(());
                     }
                 }
                 Decision::Wait => {
@@ -353,6 +352,34 @@ impl Inner {
                 Decision::Idle => return Ok(state),
             }
         }
+    }
+
+    /// Applies a host task's end (announcing it); the caller writes the record.
+    async fn record_outcome(
+        &self,
+        state: OpState,
+        knobs: &plan::Knobs,
+        kind: OpKind,
+        cluster: &str,
+        joined: Option<Result<HostEnd, tokio::task::JoinError>>,
+    ) -> Result<OpState, Stop> {
+        let observation = match joined {
+            Some(Ok((host, Ok(())))) => {
+                tracing::info!(%cluster, %host, operation = kind.as_str(), "host done");
+                self.publish(kind, cluster, "host_done", Some(&host), None).await;
+                Observation::HostSucceeded { host }
+            }
+            Some(Ok((host, Err(reason)))) => {
+                tracing::warn!(%cluster, %host, operation = kind.as_str(), %reason, "host failed");
+                self.publish(kind, cluster, "host_failed", Some(&host), Some(&reason)).await;
+                Observation::HostFailed { host, reason }
+            }
+            Some(Err(err)) => {
+                return Err(Stop::Error(Box::new(state), format!("a host's task ended abnormally: {err}")));
+            }
+            None => return Ok(state),
+        };
+        self.observe(&state, knobs, &observation)
     }
 
     fn observe(&self, state: &OpState, knobs: &plan::Knobs, observation: &Observation) -> Result<OpState, Stop> {
