@@ -151,7 +151,9 @@ async fn client(c: usize, addr: SocketAddr, authorization: Arc<str>, deadline: I
         if body.is_some() {
             request = request.header(header::CONTENT_TYPE, "application/json");
         }
-        let request = request.body(Full::new(body.map(|b| Bytes::from_static(b.as_bytes())).unwrap_or_default())).expect("request");
+        let request = request
+            .body(Full::new(body.map(|b| Bytes::from_static(b.as_bytes())).unwrap_or_default()))
+            .expect("request");
         let sent = Instant::now();
         let outcome = async {
             conn.ready().await.map_err(|e| format!("connection: {e}"))?;
