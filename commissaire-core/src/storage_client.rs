@@ -143,6 +143,16 @@ impl StorageClient {
         items.iter().map(Self::decode).collect()
     }
 
+    /// The primary keys (names, addresses) of every stored `M`, without reading
+    /// the records themselves.
+    pub async fn list_names<M: Model>(&self) -> Result<Vec<String>, StorageError> {
+        let list_name = ModelType::from_name(M::NAME)
+            .and_then(ModelType::list_name)
+            .ok_or_else(|| StorageError::Invalid(format!("{} cannot be listed", M::NAME)))?;
+        let reply = self.call("list", json!({"model_type_name": list_name, "names_only": true}), M::NAME, "*").await?;
+        serde_json::from_value(reply).map_err(|e| StorageError::Invalid(format!("storage list reply: {e}")))
+    }
+
     /// Reads `key`, applies `change` and saves with compare-and-swap, retrying on
     /// a concurrent update (up to `attempts` times). `change` returns `Ok(false)`
     /// to leave the record as it is.

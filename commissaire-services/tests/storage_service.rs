@@ -120,6 +120,8 @@ async fn save_get_list_delete_with_events(fx: Fixture) {
         list,
         json!([{"name": "c1", "status": "", "network": "default", "hostset": ["10.2.0.1"], "container_manager": ""}])
     );
+    let names = call(&fx, "list", json!({"model_type_name": "Hosts", "names_only": true})).await.expect("names");
+    assert_eq!(names, json!(["10.2.0.1"]));
 
     call(&fx, "delete", json!({"model_type_name": "Host", "model_json_data": {"address": "10.2.0.1"}}))
         .await

@@ -14,8 +14,8 @@ const READY_TO_JOIN: &[&str] = &["active", "disassociated"];
 
 impl Api {
     pub async fn list_clusters(&self) -> ApiResult {
-        let clusters = self.storage.list::<Cluster>().await?;
-        Ok(Reply::ok(Value::Array(clusters.into_iter().map(|c| Value::String(c.name)).collect())))
+        let names = self.storage.list_names::<Cluster>().await?;
+        Ok(Reply::ok(json!(names)))
     }
 
     pub async fn get_cluster(&self, name: &str) -> ApiResult {

@@ -54,10 +54,7 @@ impl Api {
     }
 
     async fn list_names<M: Named>(&self) -> ApiResult {
-        let items = self.storage.list::<M>().await?;
-        Ok(Reply::ok(Value::Array(
-            items.iter().filter_map(|m| m.primary_key().map(|k| Value::String(k.to_string()))).collect(),
-        )))
+        Ok(Reply::ok(serde_json::json!(self.storage.list_names::<M>().await?)))
     }
 
     async fn get_named<M: Named>(&self, name: &str) -> ApiResult {

@@ -342,6 +342,12 @@ impl StorageService {
             keys::list_prefix(t).ok_or_else(|| RpcError::invalid_params(format!("{name} cannot be listed")))?;
         let store = self.store_for(t, &Value::Null)?;
         let entries = store.list(&prefix).await.map_err(|e| store_error(t, "*", e))?;
+        if params.get("names_only").and_then(Value::as_bool) == Some(true) {
+            // The primary keys, from the store keys alone: nothing is decoded, which
+            // keeps `GET /clusters` cheap however many clusters there are.
+            let names = entries.iter().filter_map(|(key, _)| key.strip_prefix(prefix.as_str()));
+            return Ok(Value::Array(names.map(|n| Value::String(n.to_string())).collect()));
+        }
         let mut items = Vec::with_capacity(entries.len());
         for (key, stored) in entries {
             match self.decode(t, &key, &stored) {
