@@ -56,7 +56,7 @@ fn main() {
         if full { std::env::var(name).unwrap_or_else(|_| full_default.into()) } else { smoke.into() }
     };
     let n: usize = var("FLEET_BURST_HOSTS", "1000", "20").parse().expect("FLEET_BURST_HOSTS");
-    let pool: usize = var("FLEET_BURST_CONNECTIONS", "64", "8").parse().expect("FLEET_BURST_CONNECTIONS");
+    let pool: usize = var("FLEET_BURST_CONNECTIONS", "64", "4").parse().expect("FLEET_BURST_CONNECTIONS");
     // the smoke run has its own addresses, so it never meets a full run
     let first = if full { "127.20.80.1" } else { "127.20.180.1" };
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
@@ -314,7 +314,9 @@ async fn run(n: usize, pool: usize, first: &str, full: bool) {
     let puts_done = puts_done.unwrap_or(total);
 
     let concurrency = ServeOptions::default().concurrency;
-    let ideal = one.mul_f64(n.div_ceil(concurrency) as f64);
+    // the ideal for the hosts that were created (a refused PUT is reported below)
+    let investigated = (active + failed).max(1);
+    let ideal = one.mul_f64(investigated.div_ceil(concurrency) as f64);
     let ratio = total.as_secs_f64() / ideal.as_secs_f64();
     // the hosts that were investigated, not the refused PUTs
     let rate = (active + failed) as f64 / total.as_secs_f64();
@@ -326,7 +328,7 @@ async fn run(n: usize, pool: usize, first: &str, full: bool) {
     println!("| figure | measured | comparison | ratio |\n|---|---:|---|---:|");
     println!("| one investigation alone (PUT to active) | {} | - | - |", ms(one));
     println!(
-        "| time until all {n} active | {:.1} s | ideal ceil({n}/{concurrency}) x {} = {:.1} s | {ratio:.2} |",
+        "| time until the {investigated} created hosts are investigated | {:.1} s | ideal ceil({investigated}/{concurrency}) x {} = {:.1} s | {ratio:.2} |",
         total.as_secs_f64(),
         ms(one),
         ideal.as_secs_f64()
