@@ -162,7 +162,15 @@ impl StorageClient {
         F: FnMut(&mut M) -> Result<bool, E>,
     {
         let mut last = None;
-        for _ in 0..attempts.max(1) {
+        for attempt in 0..attempts.max(1) {
+            if attempt > 0 {
+                // Jittered, growing back-off (up to 64 ms): writers contending for one
+                // record (many hosts joining one cluster at once) spread out instead
+                // of colliding again on the next round.
+                let cap = 1u64 << attempt.min(6);
+                let pause = rand::Rng::gen_range(&mut rand::thread_rng(), 0..=cap);
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
             let Revisioned { mut model, revision } = self.get_revisioned::<M>(key).await?;
             match change(&mut model) {
                 Err(e) => return Ok(Err(e)),

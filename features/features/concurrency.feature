@@ -19,6 +19,12 @@ Feature: Clients at the same time
       ["$host"]
       """
 
+  Scenario: Many hosts registering into one cluster at the same time all join it
+    Given I have created /api/v0/cluster/$cluster
+    When the hosts $host1 to $host100 are created in the cluster $cluster at the same time
+    Then every response status is 201
+    And the cluster $cluster has exactly the hosts $host1 to $host100
+
   Scenario: Of clients that add the same host with different keys, one wins
     When 8 clients PUT /api/v0/host/$host at the same time, each with a key of its own
     Then exactly 1 of the responses has status 201 and the others 409

@@ -388,6 +388,29 @@ async fn clients_put_own_key(w: &mut ApiWorld, count: usize, path: String) {
     w.send_at_once(requests).await;
 }
 
+#[when(regex = r"^the hosts (\$[a-z_]+)1 to \$[a-z_]+?(\d+) are created in the cluster (\$\w+) at the same time$")]
+async fn create_in_cluster_at_once(w: &mut ApiWorld, prefix: String, count: usize, cluster: String) {
+    let body = serde_json::json!({"ssh_priv_key": "c3NoLWtleS1vbmU=", "cluster": w.expand(&cluster)}).to_string();
+    let requests = w
+        .numbered(&prefix, count)
+        .iter()
+        .map(|address| w.request("PUT", &format!("/api/v0/host/{address}")).json(body.clone()))
+        .collect();
+    w.send_at_once(requests).await;
+}
+
+#[then(regex = r"^the cluster (\$\w+) has exactly the hosts (\$[a-z_]+)1 to \$[a-z_]+?(\d+)$")]
+async fn cluster_has_exactly(w: &mut ApiWorld, cluster: String, prefix: String, count: usize) {
+    let request = w.request("GET", &format!("/api/v0/cluster/{cluster}/hosts"));
+    let response = w.target.client.send(request).await.unwrap_or_else(|e| panic!("GET members: {e:#}"));
+    let mut members: Vec<String> =
+        serde_json::from_slice(&response.body).unwrap_or_else(|e| panic!("{e}: {}", response.text()));
+    let mut wanted = w.numbered(&prefix, count);
+    members.sort();
+    wanted.sort();
+    assert_eq!(members, wanted);
+}
+
 #[when(
     regex = r"^I add each of the hosts (\$[a-z_]+)1 to \$[a-z_]+?(\d+) to the clusters (\$\w+) and (\$\w+) at the same time$"
 )]

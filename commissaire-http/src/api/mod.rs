@@ -29,8 +29,10 @@ pub use error::{ApiError, service_error};
 /// How long a readiness probe waits for storage.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How many times a compare-and-swap update is retried under contention.
-const CAS_ATTEMPTS: usize = 16;
+/// How many times a compare-and-swap update is tried under contention, with a
+/// jittered back-off between tries (`StorageClient::update`): enough for a
+/// thousand hosts registering into one cluster at once (about 4 s at worst).
+const CAS_ATTEMPTS: usize = 64;
 
 /// A handler's answer.
 #[derive(Debug, Clone, PartialEq)]
