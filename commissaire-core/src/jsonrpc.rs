@@ -115,10 +115,12 @@ impl Response {
 
 /// Parses a JSON body that may be the object itself or a JSON string holding it.
 pub fn decode_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, serde_json::Error> {
-    let value: Value = serde_json::from_slice(bytes)?;
-    match value {
-        Value::String(inner) => serde_json::from_str(&inner),
-        other => serde_json::from_value(other),
+    // One pass for the usual object body; only a string body is parsed twice.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'"') {
+        let inner: String = serde_json::from_slice(bytes)?;
+        serde_json::from_str(&inner)
+    } else {
+        serde_json::from_slice(bytes)
     }
 }
 

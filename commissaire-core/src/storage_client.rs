@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use crate::{
     bus::{Bus, BusError},
     jsonrpc,
-    model::{Model, ModelType, Unknown, ValidationError},
+    model::{Model, ModelType, ValidationError},
 };
 
 /// Why a storage call failed, in the terms callers branch on.
@@ -35,6 +35,13 @@ impl From<ValidationError> for StorageError {
 pub struct Revisioned<M> {
     pub model: M,
     pub revision: u64,
+}
+
+/// Lets code written for records take them with their revisions too.
+impl<M> std::borrow::Borrow<M> for Revisioned<M> {
+    fn borrow(&self) -> &M {
+        &self.model
+    }
 }
 
 #[derive(Clone)]
@@ -76,25 +83,30 @@ impl StorageClient {
         json!({ field: key })
     }
 
-    fn decode<M: Model>(value: &Value) -> Result<M, StorageError> {
-        M::from_json(value, Unknown::Ignore)
-            .map_err(|e| StorageError::Invalid(format!("storage returned an invalid record: {e}")))
+    /// A record from the storage service, which validated it (see
+    /// [`Model::from_stored`]).
+    fn decode<M: Model>(value: Value) -> Result<M, StorageError> {
+        M::from_stored(value).map_err(|e| StorageError::Invalid(format!("storage returned an invalid record: {e}")))
     }
 
     /// The record of type `M` whose primary key is `key`.
     pub async fn get<M: Model>(&self, key: &str) -> Result<M, StorageError> {
         let params = json!({"model_type_name": M::NAME, "model_json_data": Self::key_doc::<M>(key)});
-        Self::decode(&self.call("get", params, M::NAME, key).await?)
+        Self::decode(self.call("get", params, M::NAME, key).await?)
     }
 
     /// The record and its revision, for a later [`StorageClient::save_if`].
     pub async fn get_revisioned<M: Model>(&self, key: &str) -> Result<Revisioned<M>, StorageError> {
         let params =
             json!({"model_type_name": M::NAME, "model_json_data": Self::key_doc::<M>(key), "with_revision": true});
-        let reply = self.call("get", params, M::NAME, key).await?;
+        Self::decode_revisioned(self.call("get", params, M::NAME, key).await?)
+    }
+
+    /// A `{"model", "revision"}` reply item (`with_revision`).
+    fn decode_revisioned<M: Model>(mut item: Value) -> Result<Revisioned<M>, StorageError> {
         let revision =
-            reply["revision"].as_u64().ok_or_else(|| StorageError::Invalid("storage reply has no revision".into()))?;
-        Ok(Revisioned { model: Self::decode(&reply["model"])?, revision })
+            item["revision"].as_u64().ok_or_else(|| StorageError::Invalid("storage reply has no revision".into()))?;
+        Ok(Revisioned { model: Self::decode(item["model"].take())?, revision })
     }
 
     /// Whether the record exists (`Ok(None)` when it does not).
@@ -123,7 +135,7 @@ impl StorageClient {
         if let Some(revision) = revision {
             params["expected_revision"] = json!(revision);
         }
-        Self::decode(&self.call("save", params, M::NAME, &key).await?)
+        Self::decode(self.call("save", params, M::NAME, &key).await?)
     }
 
     /// Deletes a record; [`StorageError::NotFound`] if it did not exist.
@@ -135,20 +147,37 @@ impl StorageClient {
     /// Every record of type `M` (a listable type: Host, Cluster, Network,
     /// ContainerManagerConfig, WatcherRecord).
     pub async fn list<M: Model>(&self) -> Result<Vec<M>, StorageError> {
-        let list_name = ModelType::from_name(M::NAME)
-            .and_then(ModelType::list_name)
-            .ok_or_else(|| StorageError::Invalid(format!("{} cannot be listed", M::NAME)))?;
+        let list_name = Self::list_name::<M>()?;
         let reply = self.call("list", json!({"model_type_name": list_name}), M::NAME, "*").await?;
-        let items = reply.as_array().ok_or_else(|| StorageError::Invalid("storage list reply is not a list".into()))?;
-        items.iter().map(Self::decode).collect()
+        Self::items(reply)?.into_iter().map(Self::decode).collect()
+    }
+
+    /// Every record of type `M` with the revision it was read at, for later
+    /// compare-and-swap writes without reading each again.
+    pub async fn list_revisioned<M: Model>(&self) -> Result<Vec<Revisioned<M>>, StorageError> {
+        let list_name = Self::list_name::<M>()?;
+        let params = json!({"model_type_name": list_name, "with_revision": true});
+        let reply = self.call("list", params, M::NAME, "*").await?;
+        Self::items(reply)?.into_iter().map(Self::decode_revisioned).collect()
+    }
+
+    fn items(reply: Value) -> Result<Vec<Value>, StorageError> {
+        match reply {
+            Value::Array(items) => Ok(items),
+            _ => Err(StorageError::Invalid("storage list reply is not a list".into())),
+        }
+    }
+
+    fn list_name<M: Model>() -> Result<&'static str, StorageError> {
+        ModelType::from_name(M::NAME)
+            .and_then(ModelType::list_name)
+            .ok_or_else(|| StorageError::Invalid(format!("{} cannot be listed", M::NAME)))
     }
 
     /// The primary keys (names, addresses) of every stored `M`, without reading
     /// the records themselves.
     pub async fn list_names<M: Model>(&self) -> Result<Vec<String>, StorageError> {
-        let list_name = ModelType::from_name(M::NAME)
-            .and_then(ModelType::list_name)
-            .ok_or_else(|| StorageError::Invalid(format!("{} cannot be listed", M::NAME)))?;
+        let list_name = Self::list_name::<M>()?;
         let reply = self.call("list", json!({"model_type_name": list_name, "names_only": true}), M::NAME, "*").await?;
         serde_json::from_value(reply).map_err(|e| StorageError::Invalid(format!("storage list reply: {e}")))
     }

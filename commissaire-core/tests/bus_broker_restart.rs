@@ -47,6 +47,18 @@ impl Handler for Echo {
     }
 }
 
+/// Records the params of every call it handles.
+#[derive(Default)]
+struct Recorder(Mutex<Vec<Value>>);
+
+#[async_trait]
+impl Handler for Recorder {
+    async fn call(&self, _method: &str, params: Value) -> Result<Value, RpcError> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(params.clone());
+        Ok(params)
+    }
+}
+
 #[derive(Default)]
 struct Tally {
     ok_before: AtomicUsize,
@@ -67,15 +79,15 @@ fn kind_of(err: &BusError) -> &'static str {
 }
 
 /// Waits for `condition`, polling, until `within` has passed; false on deadline.
-async fn wait_until(within: Duration, condition: impl Fn() -> bool) -> bool {
+async fn wait_until(within: Duration, mut condition: impl AsyncFnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
-        if condition() {
+        if condition().await {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    condition()
+    condition().await
 }
 
 async fn survives_restart(service: &str, uri_var: &str) {
@@ -136,9 +148,14 @@ async fn survives_restart(service: &str, uri_var: &str) {
         .collect();
 
     assert!(
-        wait_until(Duration::from_secs(30), || tally.ok_before.load(Ordering::SeqCst) >= 50).await,
+        wait_until(Duration::from_secs(30), async || tally.ok_before.load(Ordering::SeqCst) >= 50).await,
         "calls did not succeed before the restart"
     );
+
+    // A request waiting in the queue of a service with no instance up when the
+    // broker restarts (RabbitMQ: the queue is durable, so it is there afterwards).
+    let queued =
+        if service == "rabbitmq" { Some(queue_a_request(&uri, &exchange, &server, &client).await) } else { None };
 
     let restart_started = Instant::now();
     let status = tokio::process::Command::new("bash")
@@ -152,7 +169,7 @@ async fn survives_restart(service: &str, uri_var: &str) {
     restarted.store(true, Ordering::SeqCst);
     let back_at = Instant::now();
 
-    let recovered = wait_until(RECOVERY_WINDOW, || tally.ok_after.load(Ordering::SeqCst) >= 50).await;
+    let recovered = wait_until(RECOVERY_WINDOW, async || tally.ok_after.load(Ordering::SeqCst) >= 50).await;
     let recovery = back_at.elapsed();
     stop.cancel();
     for caller in callers {
@@ -186,11 +203,55 @@ async fn survives_restart(service: &str, uri_var: &str) {
     };
     assert!(resubscribed, "the subscription did not resume within {RECOVERY_WINDOW:?} after the restart");
 
+    if let Some(queued) = queued {
+        // Its caller got an error, and the request is not handled after the restart: the
+        // service, back, sees only a request made now (the queue is first in, first out).
+        let outcome = queued.await.expect("the queued caller");
+        assert!(outcome.is_err(), "a request queued over the broker restart was answered: {outcome:?}");
+        let recorder = Arc::new(Recorder::default());
+        let idle = server.serve("idle", &["idle.*"], recorder.clone(), ServeOptions::default()).await.expect("serve");
+        let reply = client.request("idle.work", json!("after"), CALL_TIMEOUT).await.expect("call after the restart");
+        assert_eq!(reply, json!("after"));
+        let seen = recorder.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        assert_eq!(seen, vec![json!("after")], "the request queued before the restart was handled after it");
+        idle.shutdown().await;
+    }
+
     // The same bus and consumer still work for a plain call, and shut down cleanly.
     let reply = client.request("restart.echo", json!({"last": true}), CALL_TIMEOUT).await.expect("call after restart");
     assert_eq!(reply, json!({"last": true}));
     tokio::time::timeout(Duration::from_secs(10), serving.shutdown()).await.expect("consumer shuts down");
     cleanup(&uri, &exchange).await;
+}
+
+/// Sends a request to the `idle` service, whose queue exists but which no instance
+/// serves, and returns once RabbitMQ holds it in that queue; the task ends with
+/// the caller's outcome.
+async fn queue_a_request(
+    uri: &str,
+    exchange: &str,
+    server: &Arc<dyn Bus>,
+    client: &Arc<dyn Bus>,
+) -> tokio::task::JoinHandle<Result<Value, BusError>> {
+    use lapin::{Connection, ConnectionProperties, options::QueueDeclareOptions, types::FieldTable};
+    let idle = server.serve("idle", &["idle.*"], Arc::new(Echo), ServeOptions::default()).await.expect("serve idle");
+    idle.shutdown().await;
+    let caller = {
+        let client = client.clone();
+        tokio::spawn(async move { client.request("idle.work", json!("before"), Duration::from_secs(120)).await })
+    };
+    let conn = Connection::connect(uri, ConnectionProperties::default()).await.expect("inspect the broker");
+    let channel = conn.create_channel().await.expect("channel");
+    let queue = format!("{exchange}.idle");
+    let passive = QueueDeclareOptions { passive: true, durable: true, ..Default::default() };
+    let held = wait_until(CALL_TIMEOUT, async || {
+        let declared = channel.queue_declare(queue.as_str().into(), passive, FieldTable::default()).await;
+        declared.map(|q| q.message_count()).unwrap_or(0) == 1
+    })
+    .await;
+    assert!(held, "the request to the idle service did not reach its queue");
+    let _ = conn.close(200, "inspected".into()).await;
+    caller
 }
 
 /// Removes what the test left on the broker (best effort).
@@ -202,8 +263,10 @@ async fn cleanup(uri: &str, exchange: &str) {
         };
         let Ok(conn) = Connection::connect(uri, ConnectionProperties::default()).await else { return };
         if let Ok(channel) = conn.create_channel().await {
-            let queue = format!("{exchange}.svc");
-            let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+            for name in ["svc", "idle"] {
+                let queue = format!("{exchange}.{name}");
+                let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+            }
             let _ = channel.exchange_delete(exchange.into(), ExchangeDeleteOptions::default()).await;
             let _ = channel.close(200, "cleanup".into()).await;
         }

@@ -22,7 +22,7 @@ use std::{
 use base64::Engine;
 use commissaire_core::{
     bus::{Bus, ServeOptions, memory::MemoryBus},
-    model::{Cluster, ClusterRestart, Host, HostCreds, Model, Unknown},
+    model::{Cluster, ClusterRestart, Model},
     secrets::SecretsKey,
     storage_client::StorageClient,
 };
@@ -33,7 +33,7 @@ use commissaire_services::{
 };
 use futures_util::{StreamExt, stream};
 use serde_json::json;
-use support::{addresses, client_key, host_key, load, start_fleet};
+use support::{addresses, client_key, load, seed_host, start_fleet};
 
 mod support;
 
@@ -82,17 +82,7 @@ async fn run(n: usize, reboot_ms: u64, batch: &str, first: &str, full: bool) {
         .for_each_concurrent(32, |(i, address)| {
             let (storage, encoded) = (storage.clone(), encoded.clone());
             async move {
-                let creds = HostCreds::from_json(
-                    &json!({"address": address, "ssh_priv_key": encoded, "remote_user": "root"}),
-                    Unknown::Reject,
-                )
-                .expect("creds");
-                storage.save(&creds).await.expect("save creds");
-                let mut host = Host::new(address.as_str());
-                host.status = "disassociated".into();
-                host.os = "fedora".into();
-                host.ssh_host_key = host_key(i);
-                storage.save(&host).await.expect("save host");
+                seed_host(&storage, i, address, &encoded, "disassociated", "fedora").await;
             }
         })
         .await;

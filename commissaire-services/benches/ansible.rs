@@ -10,6 +10,9 @@
 //!   per-host bootstrap variables in an inventory file.
 //!
 //! Wall time is from the start of the process to its exit, so both include their start-up.
+//! CPU time is each side's own processes, not the hosts': the native child; ansible-playbook,
+//! its forks and their ssh clients (`getrusage` of the waited-for children), plus the detached
+//! ssh ControlPersist masters (their `/proc` CPU times, sampled every 50 ms: a lower bound).
 //! Memory:
 //! * native peak RSS: the child's own `VmHWM` (it has no child processes), read at its end;
 //! * Ansible, two figures over its process tree (ansible-playbook, its forks and the `ssh`
@@ -18,7 +21,9 @@
 //!   largest single process's `VmHWM`.
 //!
 //! Before each bootstrap run every host goes back to a fresh disk (`scripts/testbed host-reset`)
-//! so both sides install the same packages. A failed or unreachable task on either side is
+//! so both sides install the same packages; each side then runs `bootstrap` once more on the
+//! same, now converged, hosts (row `bootstrap, converged`): nothing left to install, so the
+//! figure is the engines' own cost over the same tasks. A failed or unreachable task on either side is
 //! reported and fails the bench.
 //!
 //! Run: `scripts/testbed up --hosts 50 && eval "$(scripts/testbed env)" &&
@@ -168,6 +173,9 @@ fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
 /// What the sampler saw of a process tree.
 #[derive(Debug, Default)]
 struct Memory {
+    /// CPU clock ticks (utime + stime) of each detached ssh ControlPersist master seen: they
+    /// are nobody's waited-for child, so `getrusage` of the children misses them
+    master_ticks: HashMap<u32, u64>,
     /// the largest sum of VmRSS over the tree at one sample, KiB
     peak_sum_kib: u64,
     /// VmHWM of each process seen, KiB
@@ -177,8 +185,9 @@ struct Memory {
 }
 
 /// Every process under `root` (by parent pid), plus those whose command line holds `marker`
-/// (ssh ControlPersist masters detach from the tree).
-fn tree(root: u32, marker: Option<&str>) -> Vec<u32> {
+/// (ssh ControlPersist masters detach from the tree); and which of them are such detached
+/// masters (not under `root` any more).
+fn tree(root: u32, marker: Option<&str>) -> (Vec<u32>, HashSet<u32>) {
     let mut parent_of = Vec::new();
     let mut marked = HashSet::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
@@ -198,8 +207,7 @@ fn tree(root: u32, marker: Option<&str>) -> Vec<u32> {
             marked.insert(pid);
         }
     }
-    let mut members: HashSet<u32> = [root].into_iter().chain(marked).collect();
-    loop {
+    let grow = |mut members: HashSet<u32>| loop {
         let before = members.len();
         for &(pid, ppid) in &parent_of {
             if members.contains(&ppid) {
@@ -207,10 +215,33 @@ fn tree(root: u32, marker: Option<&str>) -> Vec<u32> {
             }
         }
         if members.len() == before {
-            break;
+            break members;
         }
-    }
-    members.into_iter().collect()
+    };
+    let under_root = grow([root].into_iter().collect());
+    let detached: HashSet<u32> = marked.difference(&under_root).copied().collect();
+    let members = grow(under_root.into_iter().chain(marked).collect());
+    (members.into_iter().collect(), detached)
+}
+
+/// utime + stime of `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // after the comm: state is field 3, utime 14 and stime 15
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// CPU time used by this process's waited-for children (and theirs) so far.
+fn children_cpu() -> Duration {
+    use nix::sys::resource::{UsageWho, getrusage};
+    getrusage(UsageWho::RUSAGE_CHILDREN)
+        .map(|u| {
+            let tv = |t: nix::sys::time::TimeVal| Duration::new(t.tv_sec() as u64, t.tv_usec() as u32 * 1000);
+            tv(u.user_time()) + tv(u.system_time())
+        })
+        .unwrap_or_default()
 }
 
 /// Sample the tree of `root` every 50 ms until `done`.
@@ -219,8 +250,14 @@ fn sample(root: u32, marker: Option<String>, done: Arc<AtomicBool>) -> std::thre
         let mut memory = Memory::default();
         while !done.load(Ordering::Relaxed) {
             let mut sum = 0;
-            let pids = tree(root, marker.as_deref());
+            let (pids, detached) = tree(root, marker.as_deref());
             memory.peak_processes = memory.peak_processes.max(pids.len());
+            for pid in detached {
+                if let Some(ticks) = cpu_ticks(pid) {
+                    let seen = memory.master_ticks.entry(pid).or_default();
+                    *seen = (*seen).max(ticks);
+                }
+            }
             for pid in pids {
                 if let Some(rss) = proc_status_kib(pid, "VmRSS:") {
                     sum += rss;
@@ -239,6 +276,9 @@ fn sample(root: u32, marker: Option<String>, done: Arc<AtomicBool>) -> std::thre
 
 struct Side {
     wall: Duration,
+    /// CPU time of the whole side: the native child; ansible-playbook with its forks and
+    /// their ssh clients (`getrusage`), plus the ControlPersist masters (sampled)
+    cpu: Duration,
     tally: Tally,
     /// peak RSS, KiB: native: its VmHWM; Ansible: the peak of the summed tree
     rss_kib: u64,
@@ -251,6 +291,7 @@ struct Side {
 fn run_native(name: &str, hosts: &[String], key_path: &str) -> Side {
     let exe = std::env::current_exe().expect("the bench's own path");
     let started = Instant::now();
+    let cpu_before = children_cpu();
     let child = Command::new(exe)
         .arg("--native-child")
         .arg(name)
@@ -263,6 +304,7 @@ fn run_native(name: &str, hosts: &[String], key_path: &str) -> Side {
         .expect("start the native child");
     let out = child.wait_with_output().expect("native child");
     let wall = started.elapsed();
+    let cpu = children_cpu().saturating_sub(cpu_before);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let doc: Value = stdout
         .lines()
@@ -276,6 +318,7 @@ fn run_native(name: &str, hosts: &[String], key_path: &str) -> Side {
     }
     Side {
         wall,
+        cpu,
         tally,
         rss_kib: doc["vm_hwm_kib"].as_u64().unwrap_or(0),
         largest_kib: doc["vm_hwm_kib"].as_u64().unwrap_or(0),
@@ -299,6 +342,7 @@ fn run_ansible(ansible: &str, name: &str, hosts: &[String], key_path: &str) -> S
     // JSON is YAML: the yaml inventory plugin reads it
     std::fs::write(&inventory, json!({"all": {"hosts": inventory_hosts}}).to_string()).expect("inventory");
     let started = Instant::now();
+    let cpu_before = children_cpu();
     let child = Command::new(ansible)
         .arg("-i")
         .arg(&inventory)
@@ -329,8 +373,12 @@ fn run_ansible(ansible: &str, name: &str, hosts: &[String], key_path: &str) -> S
     let sampler = sample(child.id(), Some(control_dir.to_string_lossy().into_owned()), done.clone());
     let out = child.wait_with_output().expect("ansible-playbook");
     let wall = started.elapsed();
+    let waited_cpu = children_cpu().saturating_sub(cpu_before);
     done.store(true, Ordering::Relaxed);
     let memory = sampler.join().expect("sampler");
+    // /proc reports CPU times in USER_HZ, 100 per second on Linux
+    let master_ticks: u64 = memory.master_ticks.values().sum();
+    let cpu = waited_cpu + Duration::from_millis(master_ticks * 10);
     stop_control_masters(&control_dir);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let tally = recap(&stdout);
@@ -347,6 +395,7 @@ fn run_ansible(ansible: &str, name: &str, hosts: &[String], key_path: &str) -> S
     };
     Side {
         wall,
+        cpu,
         tally,
         rss_kib: memory.peak_sum_kib,
         largest_kib: memory.hwm_kib.values().copied().max().unwrap_or(0),
@@ -485,24 +534,36 @@ fn main() {
                     reset_hosts(testbed, hosts);
                 }
             };
+            // A bootstrap runs twice on each side: on fresh hosts (the packages installed),
+            // then at once again on the same hosts (already converged), which leaves out the
+            // hosts' apt and dpkg work and shows what each engine itself costs.
+            let again = name == "bootstrap";
             reset("native");
             eprintln!("{name} over {n} hosts: native");
             let native = run_native(name, hosts, &key_path);
+            let native_again = again.then(|| run_native(name, hosts, &key_path));
             reset("ansible");
             eprintln!("{name} over {n} hosts: ansible-playbook");
-            let ansible = run_ansible(&ansible, name, hosts, &key_path);
-            for (side, s) in [("native", &native), ("ansible", &ansible)] {
-                if let Some(e) = &s.error {
-                    failures.push(format!("{name} over {n} hosts, {side}: {e}"));
+            let ansible_side = run_ansible(&ansible, name, hosts, &key_path);
+            let ansible_again = again.then(|| run_ansible(&ansible, name, hosts, &key_path));
+            let mut runs = vec![(name, native, ansible_side)];
+            if let (Some(native), Some(ansible)) = (native_again, ansible_again) {
+                runs.push(("bootstrap, converged", native, ansible));
+            }
+            for (label, native, ansible) in runs {
+                for (side, s) in [("native", &native), ("ansible", &ansible)] {
+                    if let Some(e) = &s.error {
+                        failures.push(format!("{label} over {n} hosts, {side}: {e}"));
+                    }
                 }
+                if native.tally != ansible.tally {
+                    eprintln!(
+                        "{label} over {n} hosts: the task tallies differ: native {:?}, ansible {:?}",
+                        native.tally, ansible.tally
+                    );
+                }
+                rows.push((label, n, native, ansible, load_average()));
             }
-            if native.tally != ansible.tally {
-                eprintln!(
-                    "{name} over {n} hosts: the task tallies differ: native {:?}, ansible {:?}",
-                    native.tally, ansible.tally
-                );
-            }
-            rows.push((name, n, native, ansible, load_average()));
         }
     }
 
@@ -514,11 +575,14 @@ fn main() {
     );
     let _ = writeln!(
         out,
-        "{:<24} {:>5} {:>9} {:>9} {:>7} {:>10} {:>11} {:>12} {:>6} {:>7} {:>14}",
+        "{:<24} {:>5} {:>9} {:>9} {:>7} {:>9} {:>9} {:>7} {:>10} {:>11} {:>12} {:>6} {:>7} {:>14}",
         "playbook",
         "hosts",
         "native s",
         "ansible s",
+        "ratio",
+        "nat. CPU",
+        "ans. CPU",
         "ratio",
         "native MiB",
         "ansible MiB",
@@ -530,12 +594,15 @@ fn main() {
     for (name, n, native, ansible, load) in &rows {
         let _ = writeln!(
             out,
-            "{:<24} {:>5} {:>9.2} {:>9.2} {:>6.1}x {:>10} {:>11} {:>12} {:>6} {:>7} {:>14}",
+            "{:<24} {:>5} {:>9.2} {:>9.2} {:>6.1}x {:>9.2} {:>9.2} {:>6.0}x {:>10} {:>11} {:>12} {:>6} {:>7} {:>14}",
             name,
             n,
             native.wall.as_secs_f64(),
             ansible.wall.as_secs_f64(),
             ansible.wall.as_secs_f64() / native.wall.as_secs_f64(),
+            native.cpu.as_secs_f64(),
+            ansible.cpu.as_secs_f64(),
+            ansible.cpu.as_secs_f64() / native.cpu.as_secs_f64().max(1e-3),
             mib(native.rss_kib),
             mib(ansible.rss_kib),
             mib(ansible.largest_kib),
@@ -546,7 +613,10 @@ fn main() {
     }
     let _ = writeln!(
         out,
-        "ratio = ansible wall / native wall (goal >= 20x). native MiB: the native process's peak RSS (VmHWM); \
+        "ratio = ansible wall / native wall (goal >= 20x). nat./ans. CPU: CPU seconds of each side's own \
+         processes (the engine, not the hosts): the native child; ansible-playbook, its forks and their ssh \
+         clients (getrusage), plus its ssh ControlPersist masters (sampled every 50 ms, so a lower bound). \
+         native MiB: the native process's peak RSS (VmHWM); \
          ansible MiB: peak of the summed RSS of ansible-playbook's process tree and its ssh masters (sampled \
          every 50 ms); largest MiB: the largest single Ansible process's peak (VmHWM); procs: most Ansible \
          processes at once; changed: changed tasks native/ansible."

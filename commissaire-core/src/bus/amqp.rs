@@ -12,10 +12,13 @@
 //! `concurrency`; a message is acked only once the handler returned and its reply
 //! was confirmed by the broker, so a consumer that dies mid-request leaves the
 //! message to be redelivered to another one. Every publish waits for its publisher
-//! confirm (a nack is an error). Requests are persistent and carry an
+//! confirm (a nack is an error). Requests are transient and carry an
 //! `expiration` equal to the caller's timeout, so a request nobody picked up in
-//! time is dropped by the broker instead of being handled for a caller that
-//! already gave up.
+//! time, or one queued when the broker restarts, is dropped instead of being
+//! handled for a caller that already gave up; notifications are persistent. A
+//! publish, ack or consumer cancel under way when the connection is lost is
+//! given up at once (lapin does not always end it), so no handler, caller or
+//! shutdown waits on a dead connection.
 //!
 //! **Reconnect.** A supervisor task owns the connection. When it drops (broker
 //! restart, network), the supervisor fails every waiting caller at once with
@@ -59,6 +62,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `publish` waits for the broker's confirm (it can be slow when the
 /// broker throttles publishers under a memory alarm).
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long closing a connection, or cancelling a consumer and closing its
+/// channel, may take before it is given up (the broker may be gone).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the supervisor checks that the connection and its channels are open,
 /// in case a close is not reported as an event.
 const HEALTH_CHECK_EVERY: Duration = Duration::from_millis(250);
@@ -167,6 +173,17 @@ impl Link {
         Ok(Opened { link: Arc::new(link), replies, events })
     }
 
+    /// Runs `operation` unless the connection is lost first: lapin does not
+    /// always end an operation that was under way when the broker went away,
+    /// and a publish or ack left waiting would hold its caller (or a handler's
+    /// permit, and with it the consumer's shutdown) for good.
+    async fn unless_lost<F: std::future::Future>(&self, operation: F) -> Option<F::Output> {
+        tokio::select! {
+            output = operation => Some(output),
+            _ = self.lost.cancelled() => None,
+        }
+    }
+
     /// Publishes and waits for the broker's confirm.
     async fn publish(
         &self,
@@ -175,12 +192,16 @@ impl Link {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<(), BusError> {
+        let publish = async {
+            self.publisher
+                .basic_publish(exchange.into(), routing_key.into(), BasicPublishOptions::default(), body, properties)
+                .await?
+                .await
+        };
         let confirm = self
-            .publisher
-            .basic_publish(exchange.into(), routing_key.into(), BasicPublishOptions::default(), body, properties)
+            .unless_lost(publish)
             .await
-            .map_err(transport)?
-            .await
+            .ok_or_else(|| BusError::Transport("the connection to RabbitMQ was lost".into()))?
             .map_err(transport)?;
         match confirm {
             Confirmation::Nack(_) => {
@@ -285,7 +306,7 @@ async fn supervise(weak: Weak<Shared>, shutdown: CancellationToken, uri: String,
 
         let Some(reason) = watch_link(&weak, &shutdown, &link, &mut replies, &mut events).await else {
             link.lost.cancel();
-            let _ = tokio::time::timeout(Duration::from_secs(2), link.connection.close(200, "bus closed".into())).await;
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, link.connection.close(200, "bus closed".into())).await;
             return;
         };
         tracing::warn!(exchange, %reason, "lost the connection to RabbitMQ; failing waiting callers and reconnecting");
@@ -301,8 +322,7 @@ async fn supervise(weak: Weak<Shared>, shutdown: CancellationToken, uri: String,
         }
         // Close whatever is left of the old connection (a no-op once the socket is gone).
         tokio::spawn(async move {
-            let _ =
-                tokio::time::timeout(Duration::from_secs(2), link.connection.close(200, "reconnecting".into())).await;
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, link.connection.close(200, "reconnecting".into())).await;
         });
     }
 }
@@ -480,12 +500,14 @@ async fn serve_loop(
         };
         match consume_served(&served, &limit, &stop, &link, &channel, &mut consumer).await {
             Interrupted::Stopped => {
-                let _ = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await;
+                let cancel = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default());
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, link.unless_lost(cancel)).await;
                 // Handlers still running ack on this channel: keep it open until they
                 // are done. Messages prefetched but not handled go back to the queue
                 // when it closes.
                 let _ = limit.acquire_many(served.concurrency as u32).await;
-                let _ = channel.close(200, "consumer stopped".into()).await;
+                let close = channel.close(200, "consumer stopped".into());
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, link.unless_lost(close)).await;
                 return;
             }
             Interrupted::Lost if link.connection.status().connected() && !link.lost.is_cancelled() => {
@@ -559,17 +581,26 @@ async fn handle_request(
                 if let Some(correlation_id) = delivery.properties.correlation_id() {
                     properties = properties.with_correlation_id(correlation_id.clone());
                 }
-                if let Err(err) = link.publish("", reply_to.as_str(), &reply, properties).await {
+                let published =
+                    tokio::time::timeout(PUBLISH_TIMEOUT, link.publish("", reply_to.as_str(), &reply, properties))
+                        .await
+                        .unwrap_or_else(|_| Err(BusError::Transport(format!("no confirm within {PUBLISH_TIMEOUT:?}"))));
+                if let Err(err) = published {
                     tracing::warn!(routing_key, error = %err, "could not publish the reply; requeueing the request");
-                    let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                    let nack = delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() });
+                    let _ = link.unless_lost(nack).await;
                     return;
                 }
             }
             None => tracing::debug!(routing_key, "request without reply_to; reply dropped"),
         }
     }
-    if let Err(err) = delivery.acker.ack(BasicAckOptions::default()).await {
-        tracing::debug!(routing_key, error = %err, "ack failed (channel gone); the broker will redeliver");
+    match link.unless_lost(delivery.acker.ack(BasicAckOptions::default())).await {
+        Some(Ok(_)) => {}
+        Some(Err(err)) => {
+            tracing::debug!(routing_key, error = %err, "ack failed (channel gone); the broker will redeliver")
+        }
+        None => tracing::debug!(routing_key, "connection lost before the ack; the broker will redeliver"),
     }
 }
 
@@ -654,8 +685,10 @@ impl Bus for AmqpBus {
             // registered, so nobody would fail this caller.
             return Err(BusError::Transport("not connected to RabbitMQ (reconnecting)".into()));
         }
+        // Transient: a request is worth nothing past its caller's deadline, and one
+        // kept over a broker restart would be handled after its caller was told it
+        // failed (its reply queue is gone). Notifications stay persistent.
         let properties = json_properties()
-            .with_delivery_mode(PERSISTENT)
             .with_reply_to(link.reply_queue.clone())
             .with_correlation_id(id.as_str().into())
             .with_expiration(timeout.as_millis().max(1).to_string().into());

@@ -1,6 +1,7 @@
 //! The service side of a request, shared by every backend: decode the JSON-RPC
 //! message, check the method against the routing key, run the handler and encode
-//! the reply.
+//! the reply. The in-process bus hands over the decoded [`Request`] itself
+//! ([`handle_request`]); the brokers go through the bytes ([`handle_delivery`]).
 
 use serde_json::Value;
 
@@ -19,6 +20,13 @@ pub async fn handle_delivery(handler: &dyn Handler, routing_key: &str, body: &[u
             return serde_json::to_vec(&reply).ok();
         }
     };
+    let response = handle_request(handler, routing_key, request).await?;
+    serde_json::to_vec(&response).ok()
+}
+
+/// Handles one decoded request and returns the reply, or `None` for a
+/// notification.
+pub async fn handle_request(handler: &dyn Handler, routing_key: &str, request: Request) -> Option<Response> {
     let expected = jsonrpc::method_of(routing_key);
     let outcome = if request.jsonrpc != "2.0" {
         Err(RpcError::new(jsonrpc::INVALID_REQUEST, "jsonrpc must be \"2.0\""))
@@ -36,5 +44,5 @@ pub async fn handle_delivery(handler: &dyn Handler, routing_key: &str, body: &[u
     if let Err(err) = &outcome {
         tracing::debug!(routing_key, code = err.code, message = %err.message, "request failed");
     }
-    serde_json::to_vec(&Response::from_result(id, outcome)).ok()
+    Some(Response::from_result(id, outcome))
 }

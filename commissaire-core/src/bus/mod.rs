@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::jsonrpc::RpcError;
 
-pub use dispatch::handle_delivery;
+pub use dispatch::{handle_delivery, handle_request};
 pub use pending::PendingReplies;
 
 /// The default topic exchange name (and key prefix on Redis).

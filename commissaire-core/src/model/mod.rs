@@ -43,12 +43,18 @@ pub trait Model: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
     /// present attribute of its declared kind, then the model's own rules.
     fn from_json(value: &Value, unknown: Unknown) -> Result<Self, ValidationError> {
         schema::check_fields(Self::NAME, Self::FIELDS, value, unknown)?;
-        let model: Self = serde_json::from_value(value.clone()).map_err(|err| ValidationError {
-            model: Self::NAME,
-            errors: vec![FieldError { field: String::new(), message: err.to_string() }],
-        })?;
+        let model: Self =
+            serde_json::from_value(value.clone()).map_err(|err| ValidationError::undecodable(Self::NAME, err))?;
         model.validate()?;
         Ok(model)
+    }
+
+    /// Rebuilds a record as the storage service returned it. The schema was
+    /// checked when it was saved and the storage service checked it again when it
+    /// read it back ([`ModelType::parse_stored`]), so only serde's own type checks
+    /// run here: a reader does not pay for a third validation.
+    fn from_stored(value: Value) -> Result<Self, ValidationError> {
+        serde_json::from_value(value).map_err(|err| ValidationError::undecodable(Self::NAME, err))
     }
 
     /// Runs the model-specific rules.
@@ -89,6 +95,58 @@ pub enum ModelType {
     WatcherRecord,
 }
 
+/// Evaluates `$body` with `$m` naming the model struct of the [`ModelType`]
+/// `$t`: the one place that maps each variant to its type.
+macro_rules! with_model {
+    ($t:expr, $m:ident => $body:expr) => {
+        match $t {
+            ModelType::Host => {
+                type $m = Host;
+                $body
+            }
+            ModelType::HostCreds => {
+                type $m = HostCreds;
+                $body
+            }
+            ModelType::Cluster => {
+                type $m = Cluster;
+                $body
+            }
+            ModelType::ClusterDeploy => {
+                type $m = ClusterDeploy;
+                $body
+            }
+            ModelType::ClusterRestart => {
+                type $m = ClusterRestart;
+                $body
+            }
+            ModelType::ClusterUpgrade => {
+                type $m = ClusterUpgrade;
+                $body
+            }
+            ModelType::Network => {
+                type $m = Network;
+                $body
+            }
+            ModelType::ContainerManagerConfig => {
+                type $m = ContainerManagerConfig;
+                $body
+            }
+            ModelType::WatcherRecord => {
+                type $m = WatcherRecord;
+                $body
+            }
+        }
+    };
+}
+
+/// A parsed record as `parse` and `parse_stored` return it: its primary key
+/// and its full JSON form.
+fn keyed<M: Model>(model: M) -> (String, Value) {
+    let key = model.primary_key().unwrap_or_default().to_string();
+    (key, model.to_full_json())
+}
+
 impl ModelType {
     pub const ALL: [ModelType; 9] = [
         ModelType::Host,
@@ -103,17 +161,7 @@ impl ModelType {
     ];
 
     pub fn name(self) -> &'static str {
-        match self {
-            ModelType::Host => Host::NAME,
-            ModelType::HostCreds => HostCreds::NAME,
-            ModelType::Cluster => Cluster::NAME,
-            ModelType::ClusterDeploy => ClusterDeploy::NAME,
-            ModelType::ClusterRestart => ClusterRestart::NAME,
-            ModelType::ClusterUpgrade => ClusterUpgrade::NAME,
-            ModelType::Network => Network::NAME,
-            ModelType::ContainerManagerConfig => ContainerManagerConfig::NAME,
-            ModelType::WatcherRecord => WatcherRecord::NAME,
-        }
+        with_model!(self, M => M::NAME)
     }
 
     pub fn from_name(name: &str) -> Option<Self> {
@@ -146,21 +194,23 @@ impl ModelType {
     /// its full JSON form.
     pub fn parse(self, value: &Value, unknown: Unknown) -> Result<(String, Value), ValidationError> {
         fn go<M: Model>(value: &Value, unknown: Unknown) -> Result<(String, Value), ValidationError> {
-            let model = M::from_json(value, unknown)?;
-            let key = model.primary_key().unwrap_or_default().to_string();
-            Ok((key, model.to_full_json()))
+            M::from_json(value, unknown).map(keyed)
         }
-        match self {
-            ModelType::Host => go::<Host>(value, unknown),
-            ModelType::HostCreds => go::<HostCreds>(value, unknown),
-            ModelType::Cluster => go::<Cluster>(value, unknown),
-            ModelType::ClusterDeploy => go::<ClusterDeploy>(value, unknown),
-            ModelType::ClusterRestart => go::<ClusterRestart>(value, unknown),
-            ModelType::ClusterUpgrade => go::<ClusterUpgrade>(value, unknown),
-            ModelType::Network => go::<Network>(value, unknown),
-            ModelType::ContainerManagerConfig => go::<ContainerManagerConfig>(value, unknown),
-            ModelType::WatcherRecord => go::<WatcherRecord>(value, unknown),
+        with_model!(self, M => go::<M>(value, unknown))
+    }
+
+    /// Reads back a record from its stored bytes: its types (serde) and the
+    /// model's own rules, returning its primary key and full JSON form. What a
+    /// store holds was parsed by [`ModelType::parse`] before it was written, so
+    /// this guards against damaged or foreign records without a second pass
+    /// through the field schema.
+    pub fn parse_stored(self, bytes: &[u8]) -> Result<(String, Value), ValidationError> {
+        fn go<M: Model>(bytes: &[u8]) -> Result<(String, Value), ValidationError> {
+            let model: M = serde_json::from_slice(bytes).map_err(|err| ValidationError::undecodable(M::NAME, err))?;
+            model.validate()?;
+            Ok(keyed(model))
         }
+        with_model!(self, M => go::<M>(bytes))
     }
 
     /// The safe JSON form of a full document of this type (hidden attributes

@@ -85,6 +85,13 @@ pub struct ValidationError {
     pub errors: Vec<FieldError>,
 }
 
+impl ValidationError {
+    /// A document serde could not read as `model` (not tied to one field).
+    pub fn undecodable(model: &'static str, err: serde_json::Error) -> Self {
+        Self { model, errors: vec![FieldError { field: String::new(), message: err.to_string() }] }
+    }
+}
+
 impl std::fmt::Display for ValidationError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let details: Vec<String> = self

@@ -8,8 +8,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use commissaire_core::{
+    model::{Host, HostCreds, Model, Unknown},
+    storage_client::StorageClient,
+};
 use commissaire_fleetsim::derived_key;
 use russh::keys::ssh_key::LineEnding;
+use serde_json::json;
 
 pub const HOST_KEY_SEED: u64 = 31;
 pub const CLIENT_KEY_SEED: u64 = 4242;
@@ -88,4 +93,20 @@ pub fn load() -> String {
         .take(3)
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Stores simulated host `index` at `address` with `status`: its credentials (the client key,
+/// base64, as root) and the host with its host key pinned. `os` is left empty unless given.
+pub async fn seed_host(storage: &StorageClient, index: usize, address: &str, key_base64: &str, status: &str, os: &str) {
+    let creds = HostCreds::from_json(
+        &json!({"address": address, "ssh_priv_key": key_base64, "remote_user": "root"}),
+        Unknown::Reject,
+    )
+    .expect("creds");
+    storage.save(&creds).await.expect("save creds");
+    let mut host = Host::new(address);
+    host.status = status.into();
+    host.os = os.into();
+    host.ssh_host_key = host_key(index);
+    storage.save(&host).await.expect("save host");
 }

@@ -243,10 +243,8 @@ impl StorageService {
         } else {
             stored.value.clone()
         };
-        let doc: Value = serde_json::from_slice(&plain)
-            .map_err(|e| RpcError::new(jsonrpc::INVALID_REQUEST, format!("stored record {key} is not JSON: {e}")))?;
         let (_, full) = t
-            .parse(&doc, Unknown::Ignore)
+            .parse_stored(&plain)
             .map_err(|e| RpcError::new(jsonrpc::INVALID_REQUEST, format!("stored record {key} is invalid: {e}")))?;
         Ok(full)
     }
@@ -348,9 +346,11 @@ impl StorageService {
             let names = entries.iter().filter_map(|(key, _)| key.strip_prefix(prefix.as_str()));
             return Ok(Value::Array(names.map(|n| Value::String(n.to_string())).collect()));
         }
+        let with_revision = params.get("with_revision").and_then(Value::as_bool).unwrap_or(false);
         let mut items = Vec::with_capacity(entries.len());
         for (key, stored) in entries {
             match self.decode(t, &key, &stored) {
+                Ok(full) if with_revision => items.push(json!({"model": full, "revision": stored.revision})),
                 Ok(full) => items.push(full),
                 // One damaged record must not hide all the others.
                 Err(err) => tracing::warn!(key, error = %err.message, "skipping invalid stored record in list"),

@@ -9,7 +9,11 @@
 //!   concurrent compare-and-swap on one key loses no update. Writes that arrive while a commit
 //!   is in progress are grouped into the next transaction (group commit: one fsync for many
 //!   writes); each still gets its own revision and its own precondition check.
-//! * Reads run on `tokio::task::spawn_blocking` in redb read transactions (snapshots).
+//! * Reads run in redb read transactions (snapshots), which never wait for the writer. A
+//!   point read runs in the caller's task: it is a few microseconds of cached B-tree pages,
+//!   less than handing it to a blocking thread and waking the caller again costs. So does a
+//!   list of up to 64 records; a longer one, whose cost grows with the store, is read again on
+//!   `tokio::task::spawn_blocking`.
 //! * Watch: events are broadcast in process after each commit, in revision order.
 //! * redb locks the file: a second open (from another process, or from this one) fails with
 //!   [`StoreError::Locked`]. I/O errors, a full disk included, come back as [`StoreError::Io`]
@@ -246,6 +250,31 @@ impl Drop for EmbeddedStore {
     }
 }
 
+/// The longest list read in the caller's task (see the module documentation).
+const INLINE_LIST_LIMIT: usize = 64;
+
+/// The records under `prefix` in one snapshot; `None` when there are more than `limit`.
+fn list_in(inner: &Inner, prefix: &str, limit: Option<usize>) -> Result<Option<Vec<(String, Versioned)>>, StoreError> {
+    let label = inner.label.as_str();
+    let err = |e: redb::StorageError| map_redb(label, "reading", e);
+    let txn = inner.db.begin_read().map_err(|e| map_redb(label, "reading", e))?;
+    let kv = txn.open_table(KV).map_err(|e| map_redb(label, "reading", e))?;
+    let mut out = Vec::new();
+    for item in kv.range::<&str>(prefix..).map_err(err)? {
+        let (k, v) = item.map_err(err)?;
+        let key = k.value();
+        if !key.starts_with(prefix) {
+            break;
+        }
+        if limit.is_some_and(|limit| out.len() == limit) {
+            return Ok(None);
+        }
+        let record = decode(label, key, v.value())?;
+        out.push((key.to_owned(), Versioned { value: record.value, revision: record.revision }));
+    }
+    Ok(Some(out))
+}
+
 async fn run_blocking<T: Send + 'static>(
     label: &str,
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
@@ -359,21 +388,18 @@ fn apply_batch(inner: &Inner, requests: Vec<(String, Expect, WriteKind)>) -> Res
 impl Store for EmbeddedStore {
     async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
         check_key(key)?;
-        let key = key.to_owned();
-        self.read(move |inner| {
-            let label = inner.label.as_str();
-            let txn = inner.db.begin_read().map_err(|e| map_redb(label, "reading", e))?;
-            let kv = txn.open_table(KV).map_err(|e| map_redb(label, "reading", e))?;
-            let found = kv.get(key.as_str()).map_err(|e| map_redb(label, "reading", e))?;
-            match found {
-                Some(raw) => {
-                    let record = decode(label, &key, raw.value())?;
-                    Ok(Some(Versioned { value: record.value, revision: record.revision }))
-                }
-                None => Ok(None),
+        let inner = &self.inner;
+        let label = inner.label.as_str();
+        let txn = inner.db.begin_read().map_err(|e| map_redb(label, "reading", e))?;
+        let kv = txn.open_table(KV).map_err(|e| map_redb(label, "reading", e))?;
+        let found = kv.get(key).map_err(|e| map_redb(label, "reading", e))?;
+        match found {
+            Some(raw) => {
+                let record = decode(label, key, raw.value())?;
+                Ok(Some(Versioned { value: record.value, revision: record.revision }))
             }
-        })
-        .await
+            None => Ok(None),
+        }
     }
 
     async fn put(&self, key: &str, value: Vec<u8>, expect: Expect) -> Result<(Revision, bool), StoreError> {
@@ -391,25 +417,13 @@ impl Store for EmbeddedStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
+        // Most lists are short (clusters, networks): read inline. One that turns out
+        // longer is read again, whole, on a blocking thread.
+        if let Some(short) = list_in(&self.inner, prefix, Some(INLINE_LIST_LIMIT))? {
+            return Ok(short);
+        }
         let prefix = prefix.to_owned();
-        self.read(move |inner| {
-            let label = inner.label.as_str();
-            let err = |e: redb::StorageError| map_redb(label, "reading", e);
-            let txn = inner.db.begin_read().map_err(|e| map_redb(label, "reading", e))?;
-            let kv = txn.open_table(KV).map_err(|e| map_redb(label, "reading", e))?;
-            let mut out = Vec::new();
-            for item in kv.range::<&str>(prefix.as_str()..).map_err(err)? {
-                let (k, v) = item.map_err(err)?;
-                let key = k.value();
-                if !key.starts_with(prefix.as_str()) {
-                    break;
-                }
-                let record = decode(label, key, v.value())?;
-                out.push((key.to_owned(), Versioned { value: record.value, revision: record.revision }));
-            }
-            Ok(out)
-        })
-        .await
+        self.read(move |inner| list_in(inner, &prefix, None).map(Option::unwrap_or_default)).await
     }
 
     async fn watch(&self, prefix: &str) -> Result<WatchStream, StoreError> {

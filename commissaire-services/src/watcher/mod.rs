@@ -34,7 +34,7 @@ use std::{
 use commissaire_core::{
     bus::Bus,
     model::{Cluster, ClusterDeploy, ClusterRestart, ClusterUpgrade, Host, HostCreds, WatcherRecord},
-    storage_client::{StorageClient, StorageError},
+    storage_client::{Revisioned, StorageClient, StorageError},
     timestamp,
 };
 use time::OffsetDateTime;
@@ -101,9 +101,18 @@ pub struct Watcher {
     /// the longest overdue first: started as slots free up, without listing
     /// the store again (a list per finished check made a pass quadratic in
     /// the number of hosts).
-    backlog: Mutex<VecDeque<Host>>,
+    backlog: Mutex<VecDeque<Due>>,
     permits: Arc<Semaphore>,
     finished: Notify,
+}
+
+/// A due host as the last look at the store found it: the host and its
+/// watcher record, each with the revision it was read at, so that claiming it
+/// and recording its outcome are one compare-and-swap write each when nothing
+/// changed them since (a changed one is read again).
+struct Due {
+    host: Revisioned<Host>,
+    record: Revisioned<WatcherRecord>,
 }
 
 /// Instance names: process id and a counter, for the records' `owner`.
@@ -194,13 +203,15 @@ impl Watcher {
     /// One look at the store: returns how long to sleep and whether due hosts
     /// wait for a free check slot.
     async fn tick(self: &Arc<Self>, tasks: &mut JoinSet<()>) -> Result<(Duration, bool), TickError> {
-        let records = self.storage.list::<WatcherRecord>().await?;
-        let hosts = self.storage.list::<Host>().await?;
+        let records = self.storage.list_revisioned::<WatcherRecord>().await?;
+        let hosts = self.storage.list_revisioned::<Host>().await?;
         let now = OffsetDateTime::now_utc();
         let mut earliest = schedule::earliest_after(&records, now);
 
-        let plan =
-            schedule::reconcile(hosts.iter().map(|h| h.address.as_str()), records.iter().map(|r| r.address.as_str()));
+        let plan = schedule::reconcile(
+            hosts.iter().map(|h| h.model.address.as_str()),
+            records.iter().map(|r| r.model.address.as_str()),
+        );
         for address in &plan.create {
             let first = self.config.schedule.first_check(address, now);
             match self.storage.save_if(&WatcherRecord::new(address.clone(), timestamp::format(first)), 0).await {
@@ -219,24 +230,25 @@ impl Watcher {
             }
         }
 
-        let hosts: HashMap<&str, &Host> = hosts.iter().map(|h| (h.address.as_str(), h)).collect();
-        let due: Vec<&WatcherRecord> = schedule::due(&records, now)
+        let hosts: HashMap<&str, &Revisioned<Host>> = hosts.iter().map(|h| (h.model.address.as_str(), h)).collect();
+        let due: Vec<&Revisioned<WatcherRecord>> = schedule::due(&records, now)
             .into_iter()
-            .filter(|r| hosts.contains_key(r.address.as_str()) && !self.is_in_flight(&r.address))
+            .filter(|r| hosts.contains_key(r.model.address.as_str()) && !self.is_in_flight(&r.model.address))
             .collect();
         let busy = if due.is_empty() {
             HashSet::new()
         } else {
-            self.hosts_in_operations(due.iter().map(|r| r.address.as_str()).collect()).await?
+            self.hosts_in_operations(due.iter().map(|r| r.model.address.as_str()).collect()).await?
         };
         let mut backlog = VecDeque::new();
         for record in due {
-            let Some(&host) = hosts.get(record.address.as_str()) else { continue };
-            if let Plan::Skip(why) = transition::plan(host, busy.contains(&record.address)) {
-                tracing::debug!(address = %record.address, why, "not checked");
+            let address = &record.model.address;
+            let Some(&host) = hosts.get(address.as_str()) else { continue };
+            if let Plan::Skip(why) = transition::plan(&host.model, busy.contains(address)) {
+                tracing::debug!(%address, why, "not checked");
                 continue;
             }
-            backlog.push_back(host.clone());
+            backlog.push_back(Due { host: host.clone(), record: record.clone() });
         }
         *self.lock_backlog() = backlog;
         let waiting = self.start_backlog(tasks);
@@ -253,16 +265,16 @@ impl Watcher {
         let mut backlog = self.lock_backlog();
         while !backlog.is_empty() {
             let Ok(permit) = self.permits.clone().try_acquire_owned() else { return true };
-            let Some(host) = backlog.pop_front() else { break };
-            if !self.lock_in_flight().insert(host.address.clone()) {
+            let Some(due) = backlog.pop_front() else { break };
+            if !self.lock_in_flight().insert(due.host.model.address.clone()) {
                 continue;
             }
-            tasks.spawn(self.clone().check_one(host, permit));
+            tasks.spawn(self.clone().check_one(due, permit));
         }
         false
     }
 
-    fn lock_backlog(&self) -> std::sync::MutexGuard<'_, VecDeque<Host>> {
+    fn lock_backlog(&self) -> std::sync::MutexGuard<'_, VecDeque<Due>> {
         self.backlog.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
@@ -292,15 +304,16 @@ impl Watcher {
         Ok(busy)
     }
 
-    /// Claims, checks and records one host; `host` is as listed this tick.
-    async fn check_one(self: Arc<Self>, host: Host, _permit: OwnedSemaphorePermit) {
+    /// Claims, checks and records one host, as listed by the last tick.
+    async fn check_one(self: Arc<Self>, due: Due, _permit: OwnedSemaphorePermit) {
+        let host = &due.host.model;
         let address = host.address.clone();
         let _done = InFlight { watcher: &self, address: &address };
-        let Some(record) = self.claim(&host).await else { return };
+        let Some(record) = self.claim(host, &due.record).await else { return };
         let outcome = match self.storage.get::<HostCreds>(&address).await {
             Ok(creds) => {
                 let timeout = self.config.check_timeout;
-                tokio::time::timeout(timeout, self.check.check(&host, &creds))
+                tokio::time::timeout(timeout, self.check.check(host, &creds))
                     .await
                     .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
             }
@@ -311,14 +324,19 @@ impl Watcher {
                 return;
             }
         };
-        self.record_outcome(&address, &record, &outcome).await;
+        self.record_outcome(&due.host, &record, &outcome).await;
     }
 
-    /// The claim: the record moved one interval ahead with compare-and-swap.
-    /// `None` when it is not due any more (another instance claimed it), the
-    /// write lost a race, or the store failed.
-    async fn claim(&self, host: &Host) -> Option<WatcherRecord> {
+    /// The claim: the record moved one interval ahead with compare-and-swap,
+    /// first against the revision listed and, when the record changed since,
+    /// once more against the record read again (a claim by another instance
+    /// leaves it not due, so it is not claimed twice). `None` when it is not
+    /// due any more, the write lost a race, or the store failed.
+    async fn claim(&self, host: &Host, listed: &Revisioned<WatcherRecord>) -> Option<WatcherRecord> {
         let address = &host.address;
+        if let Ok(saved) = self.try_claim(host, listed.clone()).await? {
+            return Some(saved);
+        }
         let stored = match self.storage.get_revisioned::<WatcherRecord>(address).await {
             Ok(stored) => stored,
             Err(StorageError::NotFound { .. }) => return None,
@@ -327,35 +345,60 @@ impl Watcher {
                 return None;
             }
         };
-        let mut record = stored.model;
+        self.try_claim(host, stored).await?.ok()
+    }
+
+    /// One claim attempt against `current`'s revision: `None` when the record
+    /// is not due or the store failed, `Some(Err(()))` when the record changed
+    /// since `current` was read.
+    async fn try_claim(&self, host: &Host, current: Revisioned<WatcherRecord>) -> Option<Result<WatcherRecord, ()>> {
+        let Revisioned { model: mut record, revision } = current;
         if !schedule::claim(&mut record, &self.config.schedule, &self.id, OffsetDateTime::now_utc()) {
             return None;
         }
         if transition::GOOD_STATUSES.contains(&host.status.as_str()) {
             record.last_good_status = host.status.clone();
         }
-        match self.storage.save_if(&record, stored.revision).await {
-            Ok(saved) => Some(saved),
-            Err(StorageError::Conflict(_)) => None,
+        match self.storage.save_if(&record, revision).await {
+            Ok(saved) => Some(Ok(saved)),
+            Err(StorageError::Conflict(_)) => Some(Err(())),
             Err(err) => {
-                tracing::warn!(%address, error = %err, "cannot claim the host");
+                tracing::warn!(address = %host.address, error = %err, "cannot claim the host");
                 None
             }
         }
     }
 
-    /// Writes the outcome to the host (compare-and-swap).
-    async fn record_outcome(&self, address: &str, record: &WatcherRecord, outcome: &Result<(), String>) {
+    /// Writes the outcome to the host (compare-and-swap): first on the host as
+    /// listed, and when it changed since, on the host read again.
+    async fn record_outcome(&self, listed: &Revisioned<Host>, record: &WatcherRecord, outcome: &Result<(), String>) {
+        let address = listed.model.address.as_str();
         let now = timestamp::now();
-        let mut applied = (Transition::Leave, String::new());
-        let result = self
-            .storage
-            .update::<Host, _, std::convert::Infallible>(address, 8, |host| {
-                let t = transition::transition(host, &record.last_good_status, outcome);
-                applied = (t.clone(), host.status.clone());
-                Ok(transition::apply(host, &t, &now))
-            })
-            .await;
+        let decide = |host: &mut Host| {
+            let t = transition::transition(host, &record.last_good_status, outcome);
+            let before = host.status.clone();
+            let write = transition::apply(host, &t, &now);
+            (t, before, write)
+        };
+        let mut host = listed.model.clone();
+        let (t, before, write) = decide(&mut host);
+        let mut applied = (t, before);
+        let result = if !write {
+            Ok(Ok(host))
+        } else {
+            match self.storage.save_if(&host, listed.revision).await {
+                Err(StorageError::Conflict(_)) => {
+                    self.storage
+                        .update::<Host, _, std::convert::Infallible>(address, 8, |host| {
+                            let (t, before, write) = decide(host);
+                            applied = (t, before);
+                            Ok(write)
+                        })
+                        .await
+                }
+                other => other.map(Ok),
+            }
+        };
         match result {
             Ok(Ok(_)) => {}
             Ok(Err(never)) => match never {},

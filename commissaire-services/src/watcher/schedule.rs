@@ -14,7 +14,7 @@
 //! - [`reconcile`] says which records to create (hosts without one) and which
 //!   to remove (records whose host is gone).
 
-use std::{collections::BTreeSet, time::Duration};
+use std::{borrow::Borrow, collections::BTreeSet, time::Duration};
 
 use commissaire_core::{model::WatcherRecord, timestamp};
 use time::OffsetDateTime;
@@ -114,16 +114,23 @@ pub fn is_due(record: &WatcherRecord, now: OffsetDateTime) -> bool {
     due_at(record).is_none_or(|at| at <= now)
 }
 
-/// The records due at `now`, the longest overdue first.
-pub fn due(records: &[WatcherRecord], now: OffsetDateTime) -> Vec<&WatcherRecord> {
-    let mut due: Vec<&WatcherRecord> = records.iter().filter(|r| is_due(r, now)).collect();
-    due.sort_by_key(|r| (due_at(r), r.address.clone()));
+/// The records due at `now`, the longest overdue first (records, or records
+/// with their revisions).
+pub fn due<'a, R: Borrow<WatcherRecord>>(records: impl IntoIterator<Item = &'a R>, now: OffsetDateTime) -> Vec<&'a R> {
+    let mut due: Vec<&R> = records.into_iter().filter(|r| is_due((*r).borrow(), now)).collect();
+    due.sort_by_key(|r| {
+        let r: &WatcherRecord = (*r).borrow();
+        (due_at(r), r.address.clone())
+    });
     due
 }
 
 /// The earliest time one of the records not yet due becomes due.
-pub fn earliest_after(records: &[WatcherRecord], now: OffsetDateTime) -> Option<OffsetDateTime> {
-    records.iter().filter_map(due_at).filter(|at| *at > now).min()
+pub fn earliest_after<'a, R: Borrow<WatcherRecord> + 'a>(
+    records: impl IntoIterator<Item = &'a R>,
+    now: OffsetDateTime,
+) -> Option<OffsetDateTime> {
+    records.into_iter().filter_map(|r| due_at(r.borrow())).filter(|at| *at > now).min()
 }
 
 /// Moves a due record to its next check, claimed by `owner` at `now`:
