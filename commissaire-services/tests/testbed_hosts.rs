@@ -93,6 +93,18 @@ impl Testbed {
         self.dir.join("ssh").join(format!("h{address}"))
     }
 
+    /// What the host's supervisor and sshd logged last, and its power transitions: for a failure
+    /// message, so that a host that did not come back says why.
+    fn diagnostics(&self, address: &str) -> String {
+        let dir = self.host_dir(address);
+        let tail = |name: &str| {
+            let text = std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| format!("({e})\n"));
+            let lines: Vec<&str> = text.lines().collect();
+            format!("--- {name} (last lines)\n{}\n", lines[lines.len().saturating_sub(15)..].join("\n"))
+        };
+        ["supervisor.log", "sshd.log", "events", "upper/var/log/testbed-boot.log"].map(tail).concat()
+    }
+
     /// The host's power transitions so far: ("up" | "down", epoch ms).
     fn events(&self, address: &str) -> Vec<(String, u64)> {
         let path = self.host_dir(address).join("events");
@@ -131,7 +143,11 @@ async fn wait_for_new_boot(tb: &Testbed, address: &str, old: &str) -> (String, b
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut refused = false;
     loop {
-        assert!(Instant::now() < deadline, "{address} did not come back with a new boot id");
+        assert!(
+            Instant::now() < deadline,
+            "{address} did not come back with a new boot id within 90 s\n{}",
+            tb.diagnostics(address)
+        );
         let ssh = SshTransport::new(SshConfig { connect_timeout: Duration::from_secs(2), ..config() });
         match ssh.run(&tb.target(address), &Command::new("cat").arg("/proc/sys/kernel/random/boot_id")).await {
             Ok(out) if out.success() && out.stdout.trim() != old => return (out.stdout.trim().to_owned(), refused),
