@@ -23,30 +23,22 @@
 //! `LOAD_BENCH_SECONDS`, default 60). Without `--bench` (as under `cargo test --all-targets`)
 //! it is a smoke run of 20 clients for 2 s. Needs no test bed.
 
+mod support;
+
 use std::{
     net::SocketAddr,
-    path::Path,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use base64::Engine as _;
 use bytes::Bytes;
 use commissaire_core::{
     model::{Cluster, Host, Network},
     storage_client::StorageClient,
 };
-use commissaire_http::{
-    allinone,
-    api::Api,
-    auth::{self, Authenticator, PluginSpec},
-    server::{self, AppState},
-};
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode, header};
-use hyper_util::rt::TokioIo;
-use serde_json::{Map, json};
-use tokio::{net::TcpStream, sync::oneshot};
+use support::{Served, basic_auth_user, basic_authorization, connect, load_average};
 
 const CLUSTERS: usize = 10;
 const HOSTS: usize = 100;
@@ -98,19 +90,6 @@ async fn seed(storage: &StorageClient, clients: usize) {
         host.memory = 8192;
         storage.save(&host).await.expect("seed host");
     }
-}
-
-type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
-
-async fn connect(addr: SocketAddr) -> Result<Sender, String> {
-    let stream = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
-    let _ = stream.set_nodelay(true);
-    let (sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| format!("handshake: {e}"))?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(sender)
 }
 
 #[derive(Default)]
@@ -214,21 +193,6 @@ fn percentile(sorted: &[u32], q: f64) -> f64 {
     sorted.get(((sorted.len().max(1) - 1) as f64 * q) as usize).copied().unwrap_or(0) as f64 / 1000.0
 }
 
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
-fn users_file(dir: &Path) -> PluginSpec {
-    let hash = auth::hash_password(PASSWORD).expect("bcrypt");
-    let users = dir.join("users.json");
-    std::fs::write(&users, json!({USER: {"hash": hash, "role": "read-write"}}).to_string()).expect("users file");
-    let mut options = Map::new();
-    options.insert("filepath".into(), json!(users));
-    PluginSpec { name: "httpbasicauth".into(), options }
-}
-
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let smoke = !std::env::args().any(|a| a == "--bench");
@@ -245,26 +209,12 @@ async fn main() {
     }
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let aio = allinone::start(
-        &dir.path().join("aio"),
-        vec![users_file(dir.path())],
-        allinone::Options { host_services: false, ..Default::default() },
-    )
-    .await
-    .expect("all-in-one");
-    let api = Api::new(aio.bus);
-    let storage = api.storage_client().clone();
-    let state = Arc::new(AppState::new(api, Authenticator::new(aio.plugins).expect("authenticator")));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("address");
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(server::serve(listener, None, state.clone(), async move {
-        let _ = stopped.await;
-    }));
+    let plugins = vec![basic_auth_user(dir.path(), USER, PASSWORD, "read-write")];
+    let served = Served::all_in_one(&dir.path().join("aio"), plugins).await;
+    let (addr, storage) = (served.addr, served.storage.clone());
     seed(&storage, clients).await;
 
-    let authorization: Arc<str> =
-        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"))).into();
+    let authorization: Arc<str> = basic_authorization(USER, PASSWORD).into();
     // one request first: it verifies the password (bcrypt); every later one hits the cache
     let warm = client(0, addr, authorization.clone(), Instant::now() + Duration::from_secs(30), 1).await;
     assert_eq!((warm.errors, warm.reads.len()), (0, 1), "warm-up: {:?}", warm.first_error);
@@ -291,11 +241,7 @@ async fn main() {
     }
     let elapsed = started.elapsed();
     let load_after = load_average();
-    let _ = stop.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(30), server).await;
-    for service in aio.services {
-        service.shutdown().await;
-    }
+    served.stop().await;
 
     let mut all: Vec<u32> = reads.iter().chain(&writes).copied().collect();
     all.sort_unstable();

@@ -23,6 +23,8 @@
 //! requests per row, default 20,000). Without `--bench` (as under
 //! `cargo test --all-targets`) it does a short smoke run of 200 per row.
 
+mod support;
+
 use std::{
     collections::HashMap,
     convert::Infallible,
@@ -32,27 +34,22 @@ use std::{
     time::{Duration, Instant},
 };
 
-use base64::Engine as _;
 use bytes::Bytes;
 use commissaire_core::{
-    bus::{self, Bus, Handler, ServeHandle, ServeOptions},
+    bus::{self, Handler, ServeOptions},
     jsonrpc::RpcError,
     model::{Cluster, Host, Network},
     secrets::SecretsKey,
     storage_client::StorageClient,
 };
-use commissaire_http::{
-    allinone,
-    api::Api,
-    auth::{self, Authenticator, PluginSpec},
-    server::{self, AppState},
-};
+use commissaire_http::auth::PluginSpec;
 use commissaire_services::storage::{self, StorageService};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::{Request, Response, StatusCode, body::Incoming, header, service::service_fn};
 use hyper_util::rt::TokioIo;
-use serde_json::{Map, Value, json};
-use tokio::{net::TcpStream, sync::oneshot, task::JoinHandle};
+use serde_json::{Value, json};
+use support::{Served, basic_auth_user, basic_authorization, connect, load_average};
+use tokio::{sync::oneshot, task::JoinHandle};
 
 const WORKERS: usize = 64;
 const CLUSTERS: usize = 10;
@@ -60,48 +57,18 @@ const HOSTS: usize = 100;
 const USER: &str = "bench";
 const PASSWORD: &str = "bench-password";
 
-/// A server under load, with what it runs on.
+/// A server under load, named for its row.
 struct Setup {
     name: &'static str,
-    addr: SocketAddr,
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
-    services: Vec<ServeHandle>,
-    storage: StorageClient,
-    state: Arc<AppState>,
+    served: Served,
 }
 
 fn users_file(dir: &Path) -> PluginSpec {
-    let hash = auth::hash_password(PASSWORD).expect("bcrypt");
-    let users = dir.join("users.json");
-    std::fs::write(&users, json!({USER: {"hash": hash, "role": "read-only"}}).to_string()).expect("users file");
-    let mut options = Map::new();
-    options.insert("filepath".into(), json!(users));
-    PluginSpec { name: "httpbasicauth".into(), options }
-}
-
-async fn serve(name: &'static str, bus: Arc<dyn Bus>, plugins: Vec<PluginSpec>, services: Vec<ServeHandle>) -> Setup {
-    let api = Api::new(bus);
-    let storage = api.storage_client().clone();
-    let state = Arc::new(AppState::new(api, Authenticator::new(plugins).expect("authenticator")));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("address");
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(server::serve(listener, None, state.clone(), async move {
-        let _ = stopped.await;
-    }));
-    Setup { name, addr, stop, task, services, storage, state }
+    basic_auth_user(dir, USER, PASSWORD, "read-only")
 }
 
 async fn all_in_one(dir: &Path) -> Setup {
-    let aio = allinone::start(
-        &dir.join("aio"),
-        vec![users_file(dir)],
-        allinone::Options { host_services: false, ..Default::default() },
-    )
-    .await
-    .expect("all-in-one");
-    serve("all-in-one", aio.bus, aio.plugins, aio.services).await
+    Setup { name: "all-in-one", served: Served::all_in_one(&dir.join("aio"), vec![users_file(dir)]).await }
 }
 
 async fn amqp_etcd(dir: &Path, amqp: &str, etcd: &str) -> Setup {
@@ -120,7 +87,7 @@ async fn amqp_etcd(dir: &Path, amqp: &str, etcd: &str) -> Setup {
         .await
         .expect("serve storage");
     let server_bus = bus::connect(amqp, &exchange).await.expect("the server's AMQP connection");
-    serve("amqp+etcd", server_bus, vec![users_file(dir)], vec![serving]).await
+    Setup { name: "amqp+etcd", served: Served::start(server_bus, vec![users_file(dir)], vec![serving]).await }
 }
 
 fn host_address(i: usize) -> String {
@@ -216,20 +183,9 @@ async fn worker(
     (latencies, errors, first_error)
 }
 
-async fn connect(addr: SocketAddr) -> Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>, String> {
-    let stream = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
-    let _ = stream.set_nodelay(true);
-    let (sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| format!("handshake: {e}"))?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(sender)
-}
-
 /// `total` requests on `route` from `workers` concurrent connections.
 async fn measure(setup: &Setup, route: &'static str, total: usize, workers: usize) -> Row {
-    measure_at(setup.name, setup.addr, route, total, workers).await
+    measure_at(setup.name, setup.served.addr, route, total, workers).await
 }
 
 /// `total` requests on `route` to `addr` (a server named `name`) from `workers` connections.
@@ -277,7 +233,7 @@ fn ms(d: Duration) -> String {
 }
 
 fn authorization() -> String {
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}")))
+    basic_authorization(USER, PASSWORD)
 }
 
 /// The body the real server answers `path` with.
@@ -444,12 +400,6 @@ async fn etcd_ceiling(etcd: &str, value: Bytes, total: usize, workers: usize) ->
     row("etcd", "get one key", latencies, elapsed)
 }
 
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let smoke = !std::env::args().any(|a| a == "--bench");
@@ -474,7 +424,7 @@ async fn main() {
         let sub = dir.path().join(which);
         std::fs::create_dir_all(&sub).expect("dir");
         let setup = if which == "all-in-one" { all_in_one(&sub).await } else { amqp_etcd(&sub, &amqp, &etcd).await };
-        seed(&setup.storage).await;
+        seed(&setup.served.storage).await;
         // Warm up: one request verifies the password (bcrypt), the rest hit the cache.
         let warm = measure(&setup, "clusters", 1, 1).await;
         assert_eq!(warm.errors, 0, "{}: the warm-up request failed", setup.name);
@@ -482,7 +432,7 @@ async fn main() {
         for route in ["clusters", "host"] {
             rows.push(measure(&setup, route, requests, WORKERS).await);
         }
-        let stats = setup.state.auth.stats();
+        let stats = setup.served.state.auth.stats();
         println!(
             "{}: {} requests authenticated with {} bcrypt verification(s) and {} cache hits",
             setup.name, stats.authenticated, stats.bcrypt_verifications, stats.cache_hits
@@ -490,10 +440,10 @@ async fn main() {
         if which == "all-in-one" {
             // the same bytes, served by nothing but hyper
             let mut bodies = HashMap::new();
-            bodies.insert("/api/v0/clusters".to_owned(), body_of(setup.addr, "/api/v0/clusters").await);
+            bodies.insert("/api/v0/clusters".to_owned(), body_of(setup.served.addr, "/api/v0/clusters").await);
             for h in 0..HOSTS {
                 let path = format!("/api/v0/host/{}", host_address(h));
-                let body = body_of(setup.addr, &path).await;
+                let body = body_of(setup.served.addr, &path).await;
                 bodies.insert(path, body);
             }
             host_body = bodies.get(&format!("/api/v0/host/{}", host_address(0))).cloned().unwrap_or_default();
@@ -505,12 +455,8 @@ async fn main() {
             let _ = stop.send(());
             let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
         }
-        unseed(&setup.storage).await;
-        let _ = setup.stop.send(());
-        let _ = tokio::time::timeout(Duration::from_secs(30), setup.task).await;
-        for service in setup.services {
-            service.shutdown().await;
-        }
+        unseed(&setup.served.storage).await;
+        setup.served.stop().await;
     }
     ceilings.push(bus_ceiling(&amqp, requests, WORKERS).await);
     ceilings.push(etcd_ceiling(&etcd, host_body, requests, WORKERS).await);
