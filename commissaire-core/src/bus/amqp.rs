@@ -184,7 +184,8 @@ impl Link {
         }
     }
 
-    /// Publishes and waits for the broker's confirm.
+    /// Publishes and waits for the broker's confirm (a request bounds this by
+    /// its own deadline; see [`Link::publish_bounded`] for the rest).
     async fn publish(
         &self,
         exchange: &str,
@@ -209,6 +210,20 @@ impl Link {
             }
             Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
         }
+    }
+
+    /// [`Link::publish`] waiting at most [`PUBLISH_TIMEOUT`] for the confirm:
+    /// for notifications and replies, which have no caller's deadline.
+    async fn publish_bounded(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), BusError> {
+        tokio::time::timeout(PUBLISH_TIMEOUT, self.publish(exchange, routing_key, body, properties))
+            .await
+            .map_err(|_| BusError::Transport(format!("no confirm from RabbitMQ within {PUBLISH_TIMEOUT:?}")))?
     }
 }
 
@@ -581,11 +596,7 @@ async fn handle_request(
                 if let Some(correlation_id) = delivery.properties.correlation_id() {
                     properties = properties.with_correlation_id(correlation_id.clone());
                 }
-                let published =
-                    tokio::time::timeout(PUBLISH_TIMEOUT, link.publish("", reply_to.as_str(), &reply, properties))
-                        .await
-                        .unwrap_or_else(|_| Err(BusError::Transport(format!("no confirm within {PUBLISH_TIMEOUT:?}"))));
-                if let Err(err) = published {
+                if let Err(err) = link.publish_bounded("", reply_to.as_str(), &reply, properties).await {
                     tracing::warn!(routing_key, error = %err, "could not publish the reply; requeueing the request");
                     let nack = delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() });
                     let _ = link.unless_lost(nack).await;
@@ -703,9 +714,7 @@ impl Bus for AmqpBus {
         let link = self.shared.current_link()?;
         let body = encode(body)?;
         let properties = json_properties().with_delivery_mode(PERSISTENT);
-        tokio::time::timeout(PUBLISH_TIMEOUT, link.publish(&self.shared.exchange, routing_key, &body, properties))
-            .await
-            .map_err(|_| BusError::Transport(format!("no confirm from RabbitMQ within {PUBLISH_TIMEOUT:?}")))?
+        link.publish_bounded(&self.shared.exchange, routing_key, &body, properties).await
     }
 
     async fn subscribe(&self, patterns: &[&str]) -> Result<Subscription, BusError> {
