@@ -18,7 +18,7 @@ pub mod audit;
 pub mod handlers;
 pub mod keys;
 
-use std::{collections::HashMap, sync::Arc};
+use std::{borrow::Cow, collections::HashMap, sync::Arc};
 
 use async_trait::async_trait;
 use commissaire_core::{
@@ -235,13 +235,13 @@ impl StorageService {
     }
 
     fn decode(&self, t: ModelType, key: &str, stored: &Versioned) -> Result<Value, RpcError> {
-        let plain = if t.is_secret() {
-            self.secrets.open(key, &stored.value).map_err(|e| {
+        let plain: Cow<[u8]> = if t.is_secret() {
+            Cow::Owned(self.secrets.open(key, &stored.value).map_err(|e| {
                 tracing::error!(key, error = %e, "cannot open sealed record");
                 RpcError::internal(format!("stored {} for this host cannot be opened: {e}", t.name()))
-            })?
+            })?)
         } else {
-            stored.value.clone()
+            Cow::Borrowed(&stored.value)
         };
         let (_, full) = t
             .parse_stored(&plain)
@@ -285,7 +285,7 @@ impl StorageService {
     async fn get(&self, params: &Value) -> Result<Value, RpcError> {
         let t = model_type(params)?;
         let (docs, many) = documents(params)?;
-        let with_revision = params.get("with_revision").and_then(Value::as_bool).unwrap_or(false);
+        let with_revision = wants_revision(params);
         let mut found = Vec::with_capacity(docs.len());
         for doc in &docs {
             let pk = identity(t, doc)?;
@@ -297,7 +297,7 @@ impl StorageService {
                 .map_err(|e| store_error(t, &pk, e))?
                 .ok_or_else(|| not_found(t, &pk, doc))?;
             let full = self.decode(t, &key, &stored)?;
-            found.push(if with_revision { json!({"model": full, "revision": stored.revision}) } else { full });
+            found.push(reply_item(full, stored.revision, with_revision));
         }
         Ok(if many { Value::Array(found) } else { found.pop().unwrap_or(Value::Null) })
     }
@@ -346,12 +346,11 @@ impl StorageService {
             let names = entries.iter().filter_map(|(key, _)| key.strip_prefix(prefix.as_str()));
             return Ok(Value::Array(names.map(|n| Value::String(n.to_string())).collect()));
         }
-        let with_revision = params.get("with_revision").and_then(Value::as_bool).unwrap_or(false);
+        let with_revision = wants_revision(params);
         let mut items = Vec::with_capacity(entries.len());
         for (key, stored) in entries {
             match self.decode(t, &key, &stored) {
-                Ok(full) if with_revision => items.push(json!({"model": full, "revision": stored.revision})),
-                Ok(full) => items.push(full),
+                Ok(full) => items.push(reply_item(full, stored.revision, with_revision)),
                 // One damaged record must not hide all the others.
                 Err(err) => tracing::warn!(key, error = %err.message, "skipping invalid stored record in list"),
             }
@@ -462,6 +461,17 @@ fn identity(t: ModelType, doc: &Value) -> Result<String, RpcError> {
         return Err(RpcError::invalid_params(format!("{}.{field}: {pk:?} is not a valid {field}", t.name())));
     }
     Ok(pk.to_string())
+}
+
+/// Whether a `get` or `list` asks for each record's revision (`with_revision`).
+fn wants_revision(params: &Value) -> bool {
+    params.get("with_revision").and_then(Value::as_bool).unwrap_or(false)
+}
+
+/// A record as `get` and `list` answer it: alone, or as `{"model", "revision"}`
+/// when the caller asked for revisions.
+fn reply_item(full: Value, revision: u64, with_revision: bool) -> Value {
+    if with_revision { json!({"model": full, "revision": revision}) } else { full }
 }
 
 fn validation_error(err: commissaire_core::model::ValidationError) -> RpcError {
