@@ -118,7 +118,8 @@ pub fn is_due(record: &WatcherRecord, now: OffsetDateTime) -> bool {
 /// with their revisions).
 pub fn due<'a, R: Borrow<WatcherRecord>>(records: impl IntoIterator<Item = &'a R>, now: OffsetDateTime) -> Vec<&'a R> {
     let mut due: Vec<&R> = records.into_iter().filter(|r| is_due((*r).borrow(), now)).collect();
-    due.sort_by_key(|r| {
+    // One key per record (a timestamp parse and an address copy), not one per comparison.
+    due.sort_by_cached_key(|r| {
         let r: &WatcherRecord = (*r).borrow();
         (due_at(r), r.address.clone())
     });
